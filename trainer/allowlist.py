@@ -1,0 +1,64 @@
+"""Which scikit-learn classes a TrainingJob may name, and which types an artifact may contain.
+
+One list serves two purposes: the trainer refuses estimator classes outside it, and the
+artifact loader derives skops' trusted types from it, so a model file can only ever
+instantiate types from the same sklearn subpackages a spec could have asked for.
+Pure data: importing this module imports no sklearn.
+"""
+
+from __future__ import annotations
+
+#: sklearn subpackages whose public estimator classes may be trained and loaded.
+ALLOWED_SUBPACKAGES: frozenset[str] = frozenset(
+    {
+        "calibration",
+        "compose",
+        "cross_decomposition",
+        "discriminant_analysis",
+        "dummy",
+        "ensemble",
+        "gaussian_process",
+        "impute",
+        "isotonic",
+        "kernel_approximation",
+        "kernel_ridge",
+        "linear_model",
+        "multiclass",
+        "multioutput",
+        "naive_bayes",
+        "neighbors",
+        "neural_network",
+        "pipeline",
+        "preprocessing",
+        "svm",
+        "tree",
+    }
+)
+
+
+def subpackage_of(dotted: str) -> str | None:
+    """``sklearn.ensemble._forest.X`` -> ``ensemble``; None when not under sklearn."""
+    parts = dotted.split(".")
+    if len(parts) < 3 or parts[0] != "sklearn":
+        return None
+    return parts[1]
+
+
+def is_allowed_estimator_path(dotted: str) -> bool:
+    """A public class path a spec may name: sklearn.<allowed subpackage>.<Class>, no private parts."""
+    parts = dotted.split(".")
+    return (
+        subpackage_of(dotted) in ALLOWED_SUBPACKAGES
+        and all(p and not p.startswith("_") for p in parts)
+        and parts[-1][:1].isupper()
+    )
+
+
+def is_trusted_type(dotted: str) -> bool:
+    """A type skops may instantiate when loading an artifact: anything under an allowed subpackage."""
+    return subpackage_of(dotted) in ALLOWED_SUBPACKAGES
+
+
+def allowed_summary() -> str:
+    """For error messages: what may be named."""
+    return "a public class under sklearn." + "|".join(sorted(ALLOWED_SUBPACKAGES))

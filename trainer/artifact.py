@@ -1,0 +1,220 @@
+"""The model artifact: one directory per version, written atomically, loaded without unpickling.
+
+Layout (the contract between trainer, server and operator)::
+
+    <root>/<version>/model.skops       the estimator in skops' secure format
+    <root>/<version>/metadata.json     ArtifactMetadata (below)
+
+A version directory appears only by an atomic rename of a complete temporary directory
+(``.<version>.tmp-*``), so a crash never leaves a version that looks complete. The
+metadata records the SHA-256 of model.skops: a truncated or corrupted file is refused
+with a clear ArtifactError, and loading uses skops with trusted types derived from the
+estimator allowlist, never pickle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mlvisor.trainer.allowlist import is_trusted_type
+
+MODEL_FILE = "model.skops"
+METADATA_FILE = "metadata.json"
+FORMAT_VERSION = 1
+
+
+class ArtifactError(Exception):
+    """The artifact is missing, incomplete, corrupted or contains untrusted types."""
+
+
+class TensorSpec(BaseModel):
+    """V2 tensor metadata: name, datatype, shape (-1 for the batch dimension)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class DatasetInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["builtin", "csv"]
+    name: str
+    """Builtin dataset name or CSV path."""
+    rows: int
+    target: str
+    description: str = ""
+
+
+class ArtifactMetadata(BaseModel):
+    """metadata.json: everything the server and the operator need to know without loading the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    """Model name (the TrainingJob's name)."""
+    version: str
+    created: dt.datetime
+    estimator: str
+    """Dotted class path, e.g. sklearn.ensemble.RandomForestClassifier."""
+    task: Literal["classification", "regression"]
+    python_version: str = Field(default_factory=platform.python_version)
+    sklearn_version: str
+    numpy_version: str
+    skops_version: str
+    feature_names: list[str]
+    n_features: int
+    classes: list[Any] | None = None
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    metrics: dict[str, float]
+    score_name: str
+    """The headline metric: accuracy for classifiers, r2 for regressors."""
+    params: dict[str, Any]
+    best_params: dict[str, Any] | None = None
+    search: dict[str, Any] | None = None
+    """Grid, cv, scoring and the number of trials, for searches."""
+    dataset: DatasetInfo
+    model_sha256: str
+
+
+@dataclass(frozen=True)
+class LoadedArtifact:
+    path: Path
+    metadata: ArtifactMetadata
+    model: Any
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_artifact(root: Path, model_bytes: bytes, metadata: ArtifactMetadata) -> Path:
+    """Write ``<root>/<metadata.version>/`` atomically; returns the version directory.
+
+    ``model_bytes`` is the skops serialisation (``skops.io.dumps``). Re-writing a version
+    that already exists completely is a no-op (a restarted select step is idempotent).
+    """
+    root = Path(root)
+    final = root / metadata.version
+    if (final / METADATA_FILE).is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{metadata.version}.tmp-", dir=root))
+    try:
+        (tmp / MODEL_FILE).write_bytes(model_bytes)
+        meta = metadata.model_copy(update={"model_sha256": hashlib.sha256(model_bytes).hexdigest()})
+        with open(tmp / METADATA_FILE, "w") as f:
+            f.write(meta.model_dump_json(indent=2))
+            f.flush()
+            os.fsync(f.fileno())
+        with open(tmp / MODEL_FILE, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o755)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if (final / METADATA_FILE).is_file():  # another writer finished the same version first
+                shutil.rmtree(tmp, ignore_errors=True)
+                return final
+            raise
+        _fsync_dir(root)
+        return final
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_metadata(path: Path) -> ArtifactMetadata:
+    """Read and check metadata.json of an artifact directory (no model loading)."""
+    path = Path(path)
+    meta_path = path / METADATA_FILE
+    if not path.is_dir():
+        raise ArtifactError(f"artifact directory {path} does not exist")
+    if not meta_path.is_file():
+        raise ArtifactError(f"{meta_path} is missing: {path} is not a complete artifact")
+    try:
+        raw = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{meta_path} is not valid JSON: {e}") from e
+    try:
+        meta = ArtifactMetadata.model_validate(raw)
+    except ValidationError as e:
+        raise ArtifactError(f"{meta_path} is not valid artifact metadata: {e}") from e
+    if meta.format_version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{meta_path} has format_version {meta.format_version}; this mlvisor reads {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def load_artifact(path: Path) -> LoadedArtifact:
+    """Load an artifact securely: checksum first, then skops with allowlist-derived trusted types."""
+    import skops.io as sio  # deferred: the operator reads metadata without importing sklearn
+
+    path = Path(path)
+    meta = read_metadata(path)
+    model_path = path / MODEL_FILE
+    if not model_path.is_file():
+        raise ArtifactError(f"{model_path} is missing")
+    actual = sha256_of(model_path)
+    if actual != meta.model_sha256:
+        raise ArtifactError(
+            f"{model_path} is corrupted or truncated: sha256 {actual[:12]}... does not match "
+            f"{meta.model_sha256[:12]}... recorded in {METADATA_FILE}"
+        )
+    try:
+        untrusted = sio.get_untrusted_types(file=model_path)
+    except Exception as e:  # skops raises assorted errors on malformed archives
+        raise ArtifactError(f"{model_path} is not a valid skops file: {e}") from e
+    refused = sorted(t for t in untrusted if not is_trusted_type(t))
+    if refused:
+        raise ArtifactError(
+            f"{model_path} contains types outside the estimator allowlist, refusing to load: "
+            + ", ".join(refused)
+        )
+    try:
+        model = sio.load(model_path, trusted=list(untrusted))
+    except Exception as e:
+        raise ArtifactError(f"{model_path} could not be loaded: {e}") from e
+    return LoadedArtifact(path=path, metadata=meta, model=model)
+
+
+def list_versions(root: Path) -> list[str]:
+    """Complete versions under ``root``, oldest first by creation time in their metadata."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        if child.name.startswith(".") or not child.is_dir():
+            continue
+        try:
+            found.append((read_metadata(child).created, child.name))
+        except ArtifactError:
+            continue
+    return [name for _, name in sorted(found)]
