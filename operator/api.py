@@ -475,6 +475,8 @@ class TrainingJobStatus(Model):
     """Pending, Running, Restarting, Succeeded, Failed or Suspended."""
     conditions: list[Condition] = Field(default_factory=list)
     """Created, Running, Restarting, Succeeded, Failed, Suspended (by type)."""
+    version: str | None = None
+    """Version of the artifact this run writes; fixed when the run starts."""
     start_time: dt.datetime | None = None
     """When the first worker was started."""
     completion_time: dt.datetime | None = None
@@ -584,6 +586,8 @@ class ModelServerSpec(Model):
     """Compute resources of each server container."""
     batching: Batching = Field(default_factory=Batching, json_schema_extra={"default": {}})
     """Adaptive micro-batching."""
+    startup_timeout_seconds: int = Field(120, ge=1, le=3600)
+    """How long a server pod may take to load its model and become ready (startupProbe); past it the container is restarted, which counts in the supervision window."""
     service: ServiceSpec = Field(default_factory=ServiceSpec, json_schema_extra={"default": {}})
     """The Service."""
     supervision: ServerSupervision = Field(
@@ -620,6 +624,8 @@ class ModelServerStatus(Model):
     """Artifact of the last version that became Ready."""
     last_good_model_version: str | None = None
     """Last version that became Ready; the rollback target."""
+    rejected_model_uri: str | None = None
+    """Artifact that was rolled back from; not deployed again until the model source changes."""
     replicas: int = 0
     """Server pods that exist."""
     ready_replicas: int = 0

@@ -1,0 +1,146 @@
+"""The vocabulary shared by the planners and the two shells (Kubernetes and local processes).
+
+A shell observes the world into ``Observed*`` values, calls a planner with
+(resource, observed, now, config), and carries out the ``Plan`` it gets back: the actions
+in order, then the status. Planners are pure; these types are plain frozen dataclasses so
+both shells (and tests) build them without any framework.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+# Labels and annotations every child carries (see API.md, "Ownership and names").
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_WORKER_INDEX = "mlvisor.dev/worker-index"
+LABEL_ATTEMPT = "mlvisor.dev/attempt"
+MANAGED_BY = "mlvisor"
+ANNOTATION_MODEL_URI = "mlvisor.dev/model-uri"
+ANNOTATION_MODEL_VERSION = "mlvisor.dev/model-version"
+
+#: Worker index of the select-and-refit step of a search.
+SELECT_INDEX = -1
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Operator-wide settings (from the environment in the shells); defaults suit kind."""
+
+    image: str = "mlvisor:dev"
+    """Image for workers and servers when the spec leaves spec.image empty (env MLVISOR_IMAGE)."""
+    image_pull_policy: str = "IfNotPresent"
+    models_claim: str = "mlvisor-models"
+    """PersistentVolumeClaim for artifacts when spec.output.volumeClaim is empty."""
+    models_mount: str = "/models"
+    """Where the artifact volume is mounted in worker and server pods."""
+    data_mount: str = "/data"
+    """Where a CSV dataset's volume is mounted in worker pods."""
+    server_port: int = 8080
+    """Container port of the model server."""
+    service_domain: str = "svc"
+    """status.url host is <name>.<namespace>.<service_domain>."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What a child's ownerReference needs."""
+
+    api_version: str
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class ObservedPod:
+    """One child pod (or local process) as the shell sees it."""
+
+    name: str
+    index: int
+    """Worker index (SELECT_INDEX for the select step; replica slot or 0 for server pods)."""
+    attempt: int = 1
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"] = "Pending"
+    exit_code: int | None = None
+    """Exit code of the last terminated container run (the failed one for restarted containers)."""
+    reason: str | None = None
+    """Termination reason: container terminated.reason (Error, OOMKilled, ...) or pod status.reason (Evicted, ...)."""
+    conditions: frozenset[str] = frozenset()
+    """Types of pod conditions whose status is True (e.g. Ready, DisruptionTarget)."""
+    restart_count: int = 0
+    """Container restartCount (in-place restarts by the kubelet)."""
+    ready: bool = False
+    deleting: bool = False
+    """metadata.deletionTimestamp is set."""
+    model_uri: str | None = None
+    """Server pods: the model they were created for (pod annotation mlvisor.dev/model-uri)."""
+
+
+@dataclass(frozen=True)
+class ObservedDeployment:
+    """The ModelServer's Deployment as the shell sees it."""
+
+    name: str
+    replicas: int = 0
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+    model_uri: str | None = None
+    """Pod template annotation mlvisor.dev/model-uri: what it is rolling out."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model a ModelServer can serve: an artifact URI and its version."""
+
+    uri: str
+    version: str
+
+
+@dataclass(frozen=True)
+class CreatePod:
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ApplyDeployment:
+    """Create the Deployment, or bring the existing one to this manifest."""
+
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ApplyService:
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RecordEvent:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+Action = CreatePod | DeletePod | ApplyDeployment | ApplyService | RecordEvent
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a planner wants done: actions in order, then the new status, then a re-check."""
+
+    actions: tuple[Action, ...] = ()
+    status: BaseModel | None = None
+    """The whole new status (api.TrainingJobStatus or api.ModelServerStatus); None: unchanged."""
+    requeue_after: float | None = None
+    """Seconds after which the shell must call the planner again even if nothing happens."""
