@@ -26,6 +26,8 @@ ANNOTATION_MODEL_VERSION = "mlvisor.dev/model-version"
 
 #: Worker index of the select-and-refit step of a search.
 SELECT_INDEX = -1
+#: Value of the mlvisor.dev/worker-index label on the select pod ("-1" is not a valid label value).
+SELECT_LABEL_VALUE = "select"
 
 
 @dataclass(frozen=True)

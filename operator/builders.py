@@ -1,0 +1,491 @@
+"""Pure manifest builders: the Pods, Deployment and Service mlvisor creates, as plain dicts.
+
+One concept, one place: every child object of a TrainingJob or a ModelServer is built here,
+so the Kubernetes shell and the local-process shell run workers and servers from the very
+same description (command, arguments, environment), and the tests can check each object
+against the Kubernetes OpenAPI schema. Names are deterministic (a retried handler never
+duplicates a child), every child carries the app.kubernetes.io/* labels and a controller
+ownerReference, and every pod runs under the ``restricted`` Pod Security Standard.
+
+Pure: no clock, no I/O, no framework.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+from mlvisor.operator import api
+from mlvisor.operator.reconcile.plan import (
+    ANNOTATION_MODEL_URI,
+    ANNOTATION_MODEL_VERSION,
+    LABEL_ATTEMPT,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_WORKER_INDEX,
+    MANAGED_BY,
+    SELECT_INDEX,
+    SELECT_LABEL_VALUE,
+    ModelRef,
+    OperatorConfig,
+    Owner,
+)
+
+__all__ = [
+    "DEFAULT_SERVER_RESOURCES",
+    "DEFAULT_WORKER_RESOURCES",
+    "RUN_AS_ID",
+    "STARTUP_PROBE_PERIOD_SECONDS",
+    "build_server_deployment",
+    "build_server_service",
+    "build_worker_pod",
+    "model_uri_for",
+    "owner_of",
+    "parse_model_uri",
+    "parse_worker_index",
+    "select_pod_name",
+    "server_labels",
+    "server_selector",
+    "version_of",
+    "worker_index_label",
+    "worker_labels",
+    "worker_pod_name",
+]
+
+#: Longest name a Pod may have and still be usable as a hostname label (DNS-1123 label).
+MAX_NAME_LENGTH = 63
+
+#: UID and GID of every mlvisor container (the image's non-root user).
+RUN_AS_ID = 10001
+
+#: Used when spec.resources gives neither requests nor limits. Training holds the whole
+#: dataset and a fitted ensemble in memory, hence the generous memory limit; no CPU limit,
+#: because CPU throttling only slows a batch job down without protecting anyone.
+DEFAULT_WORKER_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "250m", "memory": "256Mi"},
+    "limits": {"memory": "2Gi"},
+}
+#: Used when a ModelServer's spec.resources gives neither requests nor limits: Python,
+#: FastAPI and scikit-learn with one loaded model fit comfortably in 1Gi.
+DEFAULT_SERVER_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "100m", "memory": "256Mi"},
+    "limits": {"memory": "1Gi"},
+}
+
+#: The startupProbe polls this often, so a server is Ready soon after its model loads.
+STARTUP_PROBE_PERIOD_SECONDS = 2
+
+_MODELS_VOLUME = "models"
+_DATA_VOLUME = "data"
+_MODEL_VOLUME = "model"
+_TMP_VOLUME = "tmp"
+_TMP_MOUNT = "/tmp"
+
+
+# --------------------------------------------------------------------------- names
+
+
+def _fit_name(base: str, suffix: str) -> str:
+    """``<base><suffix>``, shortened deterministically to MAX_NAME_LENGTH characters.
+
+    When too long, the base is cut and followed by 8 hex digits of its SHA-256, so two
+    long job names that share a prefix still give different pod names.
+    """
+    name = f"{base}{suffix}"
+    if len(name) <= MAX_NAME_LENGTH:
+        return name
+    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+    keep = MAX_NAME_LENGTH - len(suffix) - len(digest) - 1
+    prefix = base[: max(keep, 0)].rstrip("-.")
+    return f"{prefix}-{digest}{suffix}" if prefix else f"{digest}{suffix}"
+
+
+def _job_name(job: api.TrainingJob | str) -> str:
+    return job if isinstance(job, str) else job.metadata.name
+
+
+def worker_pod_name(job: api.TrainingJob | str, index: int, attempt: int) -> str:
+    """``<job>-worker-<index>-<attempt>``, or ``<job>-select-<attempt>`` for SELECT_INDEX."""
+    if index == SELECT_INDEX:
+        return select_pod_name(job, attempt)
+    if index < 0:
+        raise ValueError(f"worker index must be >= 0 or SELECT_INDEX, got {index}")
+    return _fit_name(_job_name(job), f"-worker-{index}-{attempt}")
+
+
+def select_pod_name(job: api.TrainingJob | str, attempt: int) -> str:
+    """``<job>-select-<attempt>``: the select-and-refit step of a search."""
+    return _fit_name(_job_name(job), f"-select-{attempt}")
+
+
+def worker_index_label(index: int) -> str:
+    """Value of the mlvisor.dev/worker-index label ("-1" is not a valid label value)."""
+    return SELECT_LABEL_VALUE if index == SELECT_INDEX else str(index)
+
+
+def parse_worker_index(value: str) -> int:
+    """The worker index a pod's mlvisor.dev/worker-index label names (inverse of worker_index_label)."""
+    if value == SELECT_LABEL_VALUE:
+        return SELECT_INDEX
+    return int(value)
+
+
+# --------------------------------------------------------------------------- model URIs
+
+
+def _output_claim(job: api.TrainingJob, config: OperatorConfig) -> str:
+    return job.spec.output.volume_claim or config.models_claim
+
+
+def model_uri_for(job: api.TrainingJob, version: str, config: OperatorConfig) -> str:
+    """``pvc://<claim>/<namespace>/<job>/<version>/``: where the job's artifact is written."""
+    claim = _output_claim(job, config)
+    return f"pvc://{claim}/{job.metadata.namespace}/{job.metadata.name}/{version}/"
+
+
+def parse_model_uri(uri: str) -> tuple[str | None, str]:
+    """(claim, path inside the claim) for ``pvc://``; (None, absolute path) for ``file:///``.
+
+    Trailing slashes are dropped from the path. Raises ValueError for anything else.
+    """
+    if uri.startswith("pvc://"):
+        claim, _, path = uri[len("pvc://") :].partition("/")
+        path = path.strip("/")
+        if not claim or not path:
+            raise ValueError(f"model URI {uri!r} must look like pvc://<claim>/<path>/")
+        return claim, path
+    if uri.startswith("file://"):
+        path = uri[len("file://") :]
+        if not path.startswith("/"):
+            raise ValueError(f"model URI {uri!r} must look like file:///<absolute path>/")
+        return None, path.rstrip("/") or "/"
+    raise ValueError(f"model URI {uri!r} must start with pvc:// or file:///")
+
+
+def version_of(uri: str) -> str:
+    """The artifact version a model URI names: its last path segment."""
+    _, path = parse_model_uri(uri)
+    segment = path.rstrip("/").rsplit("/", 1)[-1]
+    if not segment:
+        raise ValueError(f"model URI {uri!r} names no version directory")
+    return segment
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def owner_of(resource: api.TrainingJob | api.ModelServer) -> Owner:
+    """The Owner of a resource's children (uid "" when the resource has none, i.e. locally)."""
+    meta = resource.metadata
+    return Owner(
+        api_version=resource.api_version,
+        kind=resource.kind,
+        name=meta.name,
+        namespace=meta.namespace,
+        uid=meta.uid or "",
+    )
+
+
+def _owner_references(owner: Owner) -> list[dict[str, Any]]:
+    # Without a uid (the local runtime) there is nothing a garbage collector could follow.
+    if not owner.uid:
+        return []
+    return [
+        {
+            "apiVersion": owner.api_version,
+            "kind": owner.kind,
+            "name": owner.name,
+            "uid": owner.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def _metadata(name: str, owner: Owner, labels: dict[str, str], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": owner.namespace, "labels": labels}
+    if annotations:
+        meta["annotations"] = annotations
+    refs = _owner_references(owner)
+    if refs:
+        meta["ownerReferences"] = refs
+    return meta
+
+
+def _pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_ID,
+        "runAsGroup": RUN_AS_ID,
+        "fsGroup": RUN_AS_ID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _resources(spec: api.ResourceRequirements, default: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """spec.resources when it says anything, else the documented default. Quantities as strings."""
+    if not spec.limits and not spec.requests:
+        return {kind: dict(values) for kind, values in default.items()}
+    out: dict[str, Any] = {}
+    if spec.requests:
+        out["requests"] = {k: str(v) for k, v in spec.requests.items()}
+    if spec.limits:
+        out["limits"] = {k: str(v) for k, v in spec.limits.items()}
+    return out
+
+
+def _env(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"name": k, "value": v} for k, v in pairs]
+
+
+def _tmp_volume() -> dict[str, Any]:
+    # The root filesystem is read-only; Python, joblib and uvicorn still want a scratch dir.
+    return {"name": _TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}}
+
+
+# --------------------------------------------------------------------------- worker pods
+
+
+def worker_labels(job: api.TrainingJob | str, index: int) -> dict[str, str]:
+    """Labels every worker (and select) pod of a job carries, without the attempt."""
+    return {
+        LABEL_NAME: "mlvisor",
+        LABEL_INSTANCE: _job_name(job),
+        LABEL_COMPONENT: "select" if index == SELECT_INDEX else "worker",
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_WORKER_INDEX: worker_index_label(index),
+    }
+
+
+def worker_args(job: api.TrainingJob, index: int, workers: int | None = None) -> list[str]:
+    """Trainer arguments: ``--worker-index I --workers N``, or ``--select --workers N``.
+
+    ``workers`` is the number of shards the planner runs (it may cap spec.workers at the
+    number of search trials); default spec.workers, and 1 for a job without a search.
+    """
+    if workers is None:
+        workers = job.spec.workers if job.spec.search is not None else 1
+    if index == SELECT_INDEX:
+        return ["--select", "--workers", str(workers)]
+    return ["--worker-index", str(index), "--workers", str(workers)]
+
+
+def output_dir(job: api.TrainingJob, config: OperatorConfig) -> str:
+    """Directory (inside the pod) holding the job's versions: ``<models_mount>/<namespace>/<job>``."""
+    return f"{config.models_mount}/{job.metadata.namespace}/{job.metadata.name}"
+
+
+def build_worker_pod(
+    job: api.TrainingJob,
+    index: int,
+    attempt: int,
+    version: str,
+    config: OperatorConfig,
+    *,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """The Pod running worker ``index`` (or the select step, SELECT_INDEX) at ``attempt``.
+
+    restartPolicy Never: restarts are the supervisor's decisions (a new pod, attempt+1),
+    never the kubelet's. No activeDeadlineSeconds: the planner enforces the job deadline.
+    """
+    spec = job.spec
+    owner = owner_of(job)
+    name = worker_pod_name(job, index, attempt)
+    labels = {**worker_labels(job, index), LABEL_ATTEMPT: str(attempt)}
+    models_claim = _output_claim(job, config)
+
+    volumes: list[dict[str, Any]] = [
+        {"name": _MODELS_VOLUME, "persistentVolumeClaim": {"claimName": models_claim}},
+        _tmp_volume(),
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": _MODELS_VOLUME, "mountPath": config.models_mount},
+        {"name": _TMP_VOLUME, "mountPath": _TMP_MOUNT},
+    ]
+    env = [
+        ("MLVISOR_SPEC", json.dumps(spec.to_wire(), sort_keys=True, separators=(",", ":"))),
+        ("MLVISOR_MODEL_NAME", job.metadata.name),
+        ("MLVISOR_MODEL_VERSION", version),
+        ("MLVISOR_OUTPUT_DIR", output_dir(job, config)),
+    ]
+    csv = spec.dataset.csv
+    if csv is not None:
+        data_claim = csv.volume_claim or models_claim
+        if data_claim == models_claim:
+            # One volume, mounted twice: read-write for artifacts, read-only for the data.
+            data_volume = _MODELS_VOLUME
+        else:
+            data_volume = _DATA_VOLUME
+            volumes.append(
+                {"name": _DATA_VOLUME, "persistentVolumeClaim": {"claimName": data_claim, "readOnly": True}}
+            )
+        mounts.append({"name": data_volume, "mountPath": config.data_mount, "readOnly": True})
+        env.append(("MLVISOR_DATA_DIR", config.data_mount))
+    env.append(("PYTHONUNBUFFERED", "1"))
+
+    container = {
+        "name": "trainer",
+        "image": spec.image or config.image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["python", "-m", "mlvisor.trainer"],
+        "args": worker_args(job, index, workers),
+        "env": _env(env),
+        "resources": _resources(spec.resources, DEFAULT_WORKER_RESOURCES),
+        "volumeMounts": mounts,
+        "securityContext": _container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _metadata(name, owner, labels),
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": _pod_security_context(),
+            "containers": [container],
+            "volumes": volumes,
+        },
+    }
+
+
+# --------------------------------------------------------------------------- model server
+
+
+def server_selector(server: api.ModelServer) -> dict[str, str]:
+    """The labels the Deployment and the Service select server pods by."""
+    return {
+        LABEL_NAME: "mlvisor",
+        LABEL_INSTANCE: server.metadata.name,
+        LABEL_COMPONENT: "server",
+    }
+
+
+def server_labels(server: api.ModelServer) -> dict[str, str]:
+    return {**server_selector(server), LABEL_MANAGED_BY: MANAGED_BY}
+
+
+def model_name_of(server: api.ModelServer) -> str:
+    """The name in the V2 URL: spec.modelName, default metadata.name."""
+    return server.spec.model_name or server.metadata.name
+
+
+def _http_probe(path: str, period: int, failure_threshold: int, timeout: int = 2) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failure_threshold,
+    }
+
+
+def build_server_deployment(
+    server: api.ModelServer,
+    model: ModelRef,
+    config: OperatorConfig,
+    *,
+    replicas: int | None = None,
+) -> dict[str, Any]:
+    """The Deployment serving ``model``; ``replicas`` overrides spec.replicas (0: scaled to zero).
+
+    A ``pvc://<claim>/<path>/`` model mounts the claim read-only at config.models_mount;
+    a ``file:///<path>/`` model (local runtime only) is passed as a plain directory.
+    """
+    spec = server.spec
+    owner = owner_of(server)
+    claim, path = parse_model_uri(model.uri)
+    annotations = {ANNOTATION_MODEL_URI: model.uri, ANNOTATION_MODEL_VERSION: model.version}
+
+    volumes: list[dict[str, Any]] = [_tmp_volume()]
+    mounts: list[dict[str, Any]] = [{"name": _TMP_VOLUME, "mountPath": _TMP_MOUNT}]
+    if claim is not None:
+        volumes.insert(
+            0, {"name": _MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mounts.insert(0, {"name": _MODEL_VOLUME, "mountPath": config.models_mount, "readOnly": True})
+        model_dir = f"{config.models_mount}/{path}"
+    else:
+        model_dir = path
+
+    startup_failures = max(1, math.ceil(spec.startup_timeout_seconds / STARTUP_PROBE_PERIOD_SECONDS))
+    container = {
+        "name": "server",
+        "image": spec.image or config.image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["python", "-m", "mlvisor.server"],
+        "env": _env(
+            [
+                ("MLVISOR_MODEL_DIR", model_dir),
+                ("MLVISOR_MODEL_NAME", model_name_of(server)),
+                ("MLVISOR_PORT", str(config.server_port)),
+                ("MLVISOR_HOST", "0.0.0.0"),
+                ("MLVISOR_MAX_BATCH_SIZE", str(spec.batching.max_batch_size)),
+                ("MLVISOR_MAX_LATENCY_MS", f"{spec.batching.max_latency_ms:g}"),
+                ("PYTHONUNBUFFERED", "1"),
+            ]
+        ),
+        "ports": [{"name": "http", "containerPort": config.server_port, "protocol": "TCP"}],
+        "startupProbe": _http_probe("/v2/health/ready", STARTUP_PROBE_PERIOD_SECONDS, startup_failures),
+        "readinessProbe": _http_probe("/v2/health/ready", 5, 3),
+        "livenessProbe": _http_probe("/v2/health/live", 10, 3),
+        "resources": _resources(spec.resources, DEFAULT_SERVER_RESOURCES),
+        "volumeMounts": mounts,
+        "securityContext": _container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_labels = server_labels(server)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(server.metadata.name, owner, server_labels(server), annotations),
+        "spec": {
+            "replicas": spec.replicas if replicas is None else replicas,
+            "selector": {"matchLabels": server_selector(server)},
+            "strategy": {
+                "type": "RollingUpdate",
+                # Never fewer ready servers than asked for while a new model rolls out.
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "revisionHistoryLimit": 5,
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": annotations},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": _pod_security_context(),
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def build_server_service(server: api.ModelServer, config: OperatorConfig) -> dict[str, Any]:
+    """The Service ``<server>`` in front of the server pods (spec.service type and port -> http)."""
+    svc = server.spec.service
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(server.metadata.name, owner_of(server), server_labels(server)),
+        "spec": {
+            "type": svc.type.value,
+            "selector": server_selector(server),
+            "ports": [{"name": "http", "port": svc.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
