@@ -1,0 +1,203 @@
+"""The CRDs are generated from api.py, structural, and reject exactly what the models reject."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from crd_validator import openapi_schema, pruned_paths, validate
+
+from mlvisor.operator import api, crdgen
+from mlvisor.operator.resources_cli import ResourceError, load_resources, parse_resource
+
+ROOT = Path(__file__).resolve().parents[2]
+CRDS = ROOT / "manifests" / "crds"
+SAMPLES = sorted((ROOT / "manifests" / "samples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("kind", list(api.KINDS))
+def test_committed_crd_matches_the_models(kind):
+    committed = (CRDS / crdgen.crd_filename(kind)).read_text()
+    assert committed == crdgen.render(kind), (
+        f"manifests/crds/{crdgen.crd_filename(kind)} drifted from operator/api.py: "
+        "run `mlvisor crds --output manifests/crds`"
+    )
+
+
+def _walk(node: dict[str, Any], path: str = "$"):
+    yield path, node
+    for name, sub in node.get("properties", {}).items():
+        yield from _walk(sub, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}{{}}")
+
+
+@pytest.mark.parametrize("kind", list(api.KINDS))
+def test_schema_is_structural(kind):
+    schema = openapi_schema(kind)
+    for path, node in _walk(schema):
+        assert "$ref" not in node and "$defs" not in node, path
+        assert node.get("type") or node.get("x-kubernetes-int-or-string") or node.get(
+            "x-kubernetes-preserve-unknown-fields"
+        ), f"{path} has no type"
+        assert not ("properties" in node and "additionalProperties" in node), path
+        if "anyOf" in node:
+            assert node.get("x-kubernetes-int-or-string"), f"{path}: anyOf only for int-or-string"
+        for bound in ("exclusiveMinimum", "exclusiveMaximum"):
+            assert node.get(bound, True) is True, f"{path}: {bound} must be boolean in OpenAPI v3.0"
+        if "default" in node:  # defaults must themselves be valid, or the API server rejects the CRD
+            assert validate_default(node), path
+
+
+def validate_default(node: dict[str, Any]) -> bool:
+    from crd_validator import apply_defaults, to_jsonschema
+    import jsonschema
+
+    value = apply_defaults(node, copy.deepcopy(node["default"]))
+    return jsonschema.Draft202012Validator(to_jsonschema(node)).is_valid(value)
+
+
+@pytest.mark.parametrize("kind", list(api.KINDS))
+def test_every_spec_field_is_documented(kind):
+    spec = openapi_schema(kind)["properties"]["spec"]
+    undocumented = [p for p, n in _walk(spec) if p != "$" and not n.get("description") and not p.endswith("[]") and not p.endswith("{}")]
+    assert undocumented == []
+
+
+@pytest.mark.parametrize("kind", list(api.KINDS))
+def test_crd_shape(kind):
+    doc = crdgen.crd(kind)
+    version = doc["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    assert doc["spec"]["names"]["shortNames"] == [api.SHORT_NAMES[kind]]
+    assert doc["spec"]["names"]["categories"] == ["mlvisor"]
+    paths = [c["jsonPath"] for c in version["additionalPrinterColumns"]]
+    assert any('conditions[?(@.type==' in p for p in paths), "a column must read conditions by type"
+    assert not any("[-1:]" in p for p in paths)
+
+
+def _docs() -> list[dict[str, Any]]:
+    return [d for f in SAMPLES for d in yaml.safe_load_all(f.read_text()) if d]
+
+
+def test_samples_cover_what_users_copy():
+    kinds = [(d["kind"], d["metadata"]["name"]) for d in _docs()]
+    assert ("TrainingJob", "iris") in kinds and ("ModelServer", "iris") in kinds
+    search = [d for d in _docs() if d["kind"] == "TrainingJob" and d["spec"].get("search")]
+    assert search and search[0]["spec"]["workers"] == 2
+
+
+@pytest.mark.parametrize("doc", _docs(), ids=lambda d: f"{d['kind']}-{d['metadata']['name']}")
+def test_samples_are_accepted_by_the_crd_and_the_models(doc):
+    assert validate(doc["kind"], doc) == []
+    parse_resource(doc)
+
+
+def _job() -> dict[str, Any]:
+    return copy.deepcopy(next(d for d in _docs() if d["kind"] == "TrainingJob" and d["metadata"]["name"] == "iris"))
+
+
+def _server() -> dict[str, Any]:
+    return copy.deepcopy(next(d for d in _docs() if d["kind"] == "ModelServer"))
+
+
+def _set(doc, dotted, value):
+    node = doc
+    *parents, last = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    if value is _DELETE:
+        node.pop(last, None)
+    else:
+        node[last] = value
+
+
+_DELETE = object()
+
+INVALID = [
+    # (base, field path to change, value, text the field path in messages must contain)
+    ("job", "spec.supervision.maxRestarts", -1, "maxRestarts"),
+    ("job", "spec.supervision.strategy", "OneForSome", "strategy"),
+    ("job", "spec.dataset.csv", {"path": "train.csv", "target": "y"}, "dataset"),
+    ("job", "spec.estimator", _DELETE, "estimator"),
+    ("job", "spec.dataset", {}, "dataset"),
+    ("job", "spec.workers", 3, "workers"),
+    ("job", "spec.testSize", 1.0, "testSize"),
+    ("job", "spec.supervision.backoff", {"initialSeconds": 10, "maxSeconds": 5}, "backoff"),
+    ("job", "spec.supervision.failurePolicy", [{"onExitCodes": [2], "onReasons": ["Evicted"], "action": "Fail"}], "failurePolicy"),
+    ("job", "spec.estimator.class", "os.system", "class"),
+    ("job", "spec.dataset", {"csv": {"path": "../etc/passwd", "target": "y"}}, "path"),
+    ("server", "spec.model.uri", "pvc://mlvisor-models/default/iris/v1/", "model"),
+    ("server", "spec.model", {}, "model"),
+    ("server", "spec.modelName", "has space", "modelName"),
+    ("server", "spec.supervision.onExhausted", "Retry", "onExhausted"),
+    ("server", "spec.batching.maxBatchSize", 0, "maxBatchSize"),
+]
+
+
+@pytest.mark.parametrize(("base", "field", "value", "named"), INVALID, ids=[f"{b}:{f}" for b, f, _, _ in INVALID])
+def test_invalid_resources_are_rejected_by_the_crd_and_by_mlvisor_validate(base, field, value, named, tmp_path):
+    doc = _job() if base == "job" else _server()
+    _set(doc, field, value)
+    crd_errors = validate(doc["kind"], doc)
+    assert crd_errors, "the CRD schema accepted an invalid resource"
+    with pytest.raises(ResourceError) as e:
+        parse_resource(doc)
+    assert any(named in line for line in e.value.problems), e.value.problems
+    # The command line says the same, naming the field, with a non-zero exit.
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    run = subprocess.run([sys.executable, "-m", "mlvisor.operator.cli", "validate", str(path)], capture_output=True, text=True)
+    assert run.returncode == 1
+    assert named in run.stderr
+
+
+def test_training_fields_are_immutable_but_suspend_is_not():
+    old = _job()
+    new = copy.deepcopy(old)
+    new["spec"]["estimator"]["params"]["n_estimators"] = 5
+    errors = validate("TrainingJob", new, old=old)
+    assert any("spec.estimator is immutable" in e for e in errors), errors
+    added_search = copy.deepcopy(old)
+    added_search["spec"]["search"] = {"grid": {"max_depth": [2]}}
+    assert any("spec.search is immutable" in e for e in validate("TrainingJob", added_search, old=old))
+    resumed = copy.deepcopy(old)
+    resumed["spec"]["suspend"] = True
+    resumed["spec"]["supervision"]["maxRestarts"] = 7
+    assert validate("TrainingJob", resumed, old=old) == []
+
+
+def test_default_status_and_model_status_survive_pruning():
+    for kind, status in (
+        ("TrainingJob", api.TrainingJobStatus(model=api.ModelInfo(uri="pvc://m/x/", version="v", metrics={"accuracy": 1.0}, best_params={"max_depth": 2}))),
+        ("ModelServer", api.ModelServerStatus(url="http://x", model_version="v")),
+    ):
+        schema = openapi_schema(kind)["properties"]["status"]
+        assert pruned_paths(schema, status.to_wire()) == []
+        assert pruned_paths(schema, {"notDeclared": 1}) == [".notDeclared"]
+
+
+def test_load_resources_reports_every_problem_with_file_and_document(tmp_path):
+    path = tmp_path / "two.yaml"
+    job, server = _job(), _server()
+    job["spec"]["supervision"]["maxRestarts"] = -2
+    server["spec"]["replicas"] = "two"
+    path.write_text(yaml.safe_dump_all([job, server]))
+    with pytest.raises(ResourceError) as e:
+        load_resources(path)
+    text = str(e.value)
+    assert "(document 1)" in text and "spec.supervision.maxRestarts" in text
+    assert "(document 2)" in text and "spec.replicas" in text
+    path.write_text("kind: Pod\napiVersion: v1\n")
+    with pytest.raises(ResourceError, match="kind: expected one of TrainingJob, ModelServer"):
+        load_resources(path)
+    path.write_text("a: [unclosed\n")
+    with pytest.raises(ResourceError, match="not valid YAML"):
+        load_resources(path)
