@@ -1,0 +1,199 @@
+"""Adaptive micro-batching: merge concurrent requests into one predict call, off the event loop.
+
+Why: a RandomForest costs about as much for 64 rows as for 1, so under load one merged call
+serves many callers. Why *adaptive*: waiting a fixed window would add that window to every
+request at low load. The worker dispatches as soon as either
+
+- the batch holds ``max_batch_size`` rows, or
+- ``max_latency_ms`` passed since the oldest queued request arrived, or
+- a turn of the event loop brought no new request (nobody else is coming right now).
+
+While a batch is being predicted (in a single dedicated thread, so the loop keeps answering
+health checks and metrics), new requests queue up and form the next batch.
+
+Each caller gets exactly its own rows back: results are split by row offsets in queue order,
+and each caller's requested outputs are honoured (``predict_proba`` is computed for the whole
+batch only if someone asked for it; MLServer #514/#903 are the bugs this avoids). A failing
+batch does not poison its neighbours: it is retried one request at a time, so only the
+request that caused the failure gets the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("mlvisor.server")
+
+#: (x, want_labels, want_proba, finite) -> (labels, proba)
+PredictFn = Callable[[np.ndarray, bool, bool, bool], tuple[Any, Any]]
+
+
+@dataclass(slots=True)
+class _Item:
+    x: np.ndarray
+    want_labels: bool
+    want_proba: bool
+    finite: bool
+    future: asyncio.Future
+    t: float
+
+
+def merge(xs: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    """Concatenate row blocks; return the merged array and the row offsets (len(xs) + 1 of them)."""
+    offsets = [0]
+    for x in xs:
+        offsets.append(offsets[-1] + x.shape[0])
+    merged = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
+    return merged, offsets
+
+
+def split(result: Any, offsets: list[int]) -> list[Any]:
+    """Slice a per-row result (labels or probabilities) back into the callers' blocks."""
+    if result is None:
+        return [None] * (len(offsets) - 1)
+    return [result[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+class Batcher:
+    def __init__(
+        self,
+        predict: PredictFn,
+        max_batch_size: int,
+        max_latency_ms: float,
+        on_batch: Callable[[int, int], None] | None = None,
+        on_queue: Callable[[int], None] | None = None,
+    ) -> None:
+        self._predict = predict
+        self.max_rows = max_batch_size
+        self.max_latency = max_latency_ms / 1000.0
+        self._on_batch = on_batch or (lambda rows, requests: None)
+        self._on_queue = on_queue or (lambda depth: None)
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlvisor-predict")
+        self._task: asyncio.Task | None = None
+        self.predict_calls = 0
+
+    # -- lifecycle
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="mlvisor-batcher")
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the worker and its thread."""
+        while self._queue:
+            await asyncio.sleep(0.001)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+    # -- callers
+    def submit(self, x: np.ndarray, want_labels: bool, want_proba: bool, finite: bool) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(x, want_labels, want_proba, finite, fut, time.monotonic()))
+        self._on_queue(len(self._queue))
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+        return fut
+
+    # -- worker
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        q = self._queue
+        while True:
+            if not q:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            deadline = q[0].t + self.max_latency
+            if self.max_rows > 1:
+                while self._rows_queued() < self.max_rows and time.monotonic() < deadline:
+                    before = len(q)
+                    await asyncio.sleep(0)
+                    if len(q) == before:
+                        break
+            batch = self._take()
+            self._on_queue(len(q))
+            try:
+                await self._execute(loop, batch)
+            except Exception:  # never let the worker die; _execute already answered the callers
+                log.exception("batch worker error")
+
+    def _rows_queued(self) -> int:
+        n = 0
+        for item in self._queue:
+            n += item.x.shape[0]
+            if n >= self.max_rows:
+                break
+        return n
+
+    def _take(self) -> list[_Item]:
+        q = self._queue
+        batch = [q.popleft()]
+        rows = batch[0].x.shape[0]
+        while q and rows + q[0].x.shape[0] <= self.max_rows:
+            item = q.popleft()
+            rows += item.x.shape[0]
+            batch.append(item)
+        return batch
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+        live = [it for it in batch if not it.future.done()]  # a caller may have gone away
+        if not live:
+            return
+        want_labels = any(it.want_labels for it in live)
+        want_proba = any(it.want_proba for it in live)
+        finite = all(it.finite for it in live)
+        try:
+            labels_parts, proba_parts, rows = await loop.run_in_executor(
+                self._executor, self._predict_merged, [it.x for it in live], want_labels, want_proba, finite
+            )
+        except Exception as e:
+            if len(live) == 1:
+                _fail(live[0].future, e)
+                return
+            log.warning("batched predict of %d requests failed (%s); retrying them one by one", len(live), e)
+            for it in live:
+                try:
+                    lab, pro, _ = await loop.run_in_executor(
+                        self._executor, self._predict_merged, [it.x], it.want_labels, it.want_proba, it.finite
+                    )
+                except Exception as e1:
+                    _fail(it.future, e1)
+                else:
+                    _resolve(it.future, (lab[0], pro[0]))
+            return
+        self._on_batch(rows, len(live))
+        for it, lab, pro in zip(live, labels_parts, proba_parts, strict=True):
+            _resolve(it.future, (lab, pro))
+
+    def _predict_merged(
+        self, xs: list[np.ndarray], want_labels: bool, want_proba: bool, finite: bool
+    ) -> tuple[list[Any], list[Any], int]:
+        """In the predict thread: merge, predict once, split."""
+        x, offsets = merge(xs)
+        self.predict_calls += 1
+        labels, proba = self._predict(x, want_labels, want_proba, finite)
+        return split(labels, offsets), split(proba, offsets), x.shape[0]
+
+
+def _resolve(fut: asyncio.Future, value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _fail(fut: asyncio.Future, e: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(e)

@@ -1,0 +1,74 @@
+"""``mlvisor serve`` and ``python -m mlvisor.server``: parse the flag/env contract, run uvicorn.
+
+Heavy imports (FastAPI, sklearn, uvicorn) happen only inside ``serve`` so that ``mlvisor
+--help`` stays instant. One uvicorn worker with uvloop and httptools; SIGTERM/SIGINT are
+uvicorn's graceful shutdown (stop accepting, finish in-flight requests, then the lifespan
+drains the batcher). The process exits only on a signal, never because the model failed to load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from mlvisor.server.settings import ENV, SettingsError, resolve
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    env = {k: v[0] for k, v in ENV.items()}
+    p.add_argument("--model-dir", help=f"artifact version directory (env {env['model_dir']})")
+    p.add_argument("--model-name", help=f"V2 model name; default metadata.name (env {env['model_name']})")
+    p.add_argument("--host", help=f"bind address; default 0.0.0.0 (env {env['host']})")
+    p.add_argument("--port", type=int, help=f"default 8080 (env {env['port']})")
+    p.add_argument(
+        "--max-batch-size", type=int, help=f"rows per merged predict call, 1 = no batching; default 64 (env {env['max_batch_size']})"
+    )
+    p.add_argument(
+        "--max-latency-ms", type=float, help=f"longest wait for a batch to fill; default 5 (env {env['max_latency_ms']})"
+    )
+    p.add_argument("--max-body-bytes", type=int, help=f"larger bodies get 413; default 8 MiB (env {env['max_body_bytes']})")
+    p.add_argument("--max-rows", type=int, help=f"rows allowed per request; default 10000 (env {env['max_rows']})")
+    p.add_argument("--log-level", help=f"critical|error|warning|info|debug|trace; default info (env {env['log_level']})")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve one model artifact over the V2 inference protocol")
+    add_arguments(p)
+    p.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    flags = {k: getattr(args, k, None) for k in ENV}
+    try:
+        settings = resolve(flags)
+    except SettingsError as e:
+        print(f"mlvisor serve: {e}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from mlvisor.server.app import create_app
+
+    level = settings.log_level.upper()
+    logging.basicConfig(level="DEBUG" if level == "TRACE" else level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level.lower(),
+        access_log=level in ("DEBUG", "TRACE"),
+        timeout_graceful_shutdown=30,
+        server_header=False,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlvisor.server", description="Serve one mlvisor model artifact.")
+    add_arguments(parser)
+    return serve(parser.parse_args(argv))
