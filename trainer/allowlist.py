@@ -54,8 +54,20 @@ def is_allowed_estimator_path(dotted: str) -> bool:
     )
 
 
+#: Modules outside the allowed subpackages whose types are fitted state of allowed estimators:
+#: the distance metric objects of sklearn.neighbors estimators and the loss objects of the
+#: generalised linear models (TweedieRegressor). Without them those models could be trained but
+#: never loaded back. Data-only types; nothing here runs code on load.
+SUPPORT_MODULES: tuple[str, ...] = ("sklearn.metrics._dist_metrics", "sklearn._loss")
+
+
 def is_trusted_type(dotted: str) -> bool:
-    """A type skops may instantiate when loading an artifact: anything under an allowed subpackage."""
+    """A type skops may instantiate when loading an artifact.
+
+    Anything under an allowed subpackage, plus the support types of :data:`SUPPORT_MODULES`.
+    """
+    if any(dotted.startswith(m + ".") for m in SUPPORT_MODULES):
+        return True
     return subpackage_of(dotted) in ALLOWED_SUBPACKAGES
 
 
