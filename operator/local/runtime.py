@@ -1,0 +1,502 @@
+"""The local control loop: the same planners as the Kubernetes controllers, with processes as pods.
+
+This is the imperative shell for one machine. It keeps the resources and their statuses in
+memory (keyed by kind, namespace, name), and on every wake-up it does what a controller does
+for each resource: observe the children (worker processes; the local Deployment's replicas),
+call the pure planner with (resource with status, observed, now, config), carry out the
+plan's actions in order, and store the new status. It wakes when a child changes (exit,
+restart, readiness), when a planner's ``requeue_after`` is due, or when a resource file
+changes on disk (re-read like a ``kubectl apply`` of the new version). Level-triggered:
+reconciling more often than needed is harmless, so every wake-up reconciles everything,
+TrainingJobs first so a ModelServer sees its job's fresh ``status.model``.
+
+Nothing here decides policy: restarts, back-off, escalation and rollback are the planners'
+and ``supervision.py``'s. The differences from a cluster are said where they are made
+(processes.py, kubelet.py, service.py) and in the local runtime docs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel
+
+from mlvisor.operator import api, builders
+from mlvisor.operator.local.kubelet import KubeletSettings, LocalDeployment
+from mlvisor.operator.local.processes import LocalProcess, ManifestError, process_spec_for_pod
+from mlvisor.operator.local.service import LocalService
+from mlvisor.operator.reconcile.plan import (
+    LABEL_ATTEMPT,
+    LABEL_COMPONENT,
+    LABEL_WORKER_INDEX,
+    ApplyDeployment,
+    ApplyService,
+    CreatePod,
+    DeletePod,
+    ModelRef,
+    ObservedPod,
+    OperatorConfig,
+    Plan,
+    RecordEvent,
+)
+
+Resource = api.TrainingJob | api.ModelServer
+Key = tuple[str, str, str]
+"""(kind, namespace, name)."""
+
+#: TrainingJob fields the API server refuses to change (the CRD's CEL transition rules).
+IMMUTABLE_TRAINING_FIELDS = ("dataset", "estimator", "search", "workers", "test_size", "random_state", "output")
+
+
+def key_of(resource: Resource) -> Key:
+    return (resource.kind, resource.metadata.namespace, resource.metadata.name)
+
+
+def key_str(key: Key) -> str:
+    return "/".join(key)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How `mlvisor run` maps the cluster onto this machine."""
+
+    data_dir: Path
+    """Volumes live in <data-dir>/volumes/<claimName>/, logs in <data-dir>/logs/."""
+    python: str = sys.executable
+    """Interpreter that replaces the containers' ``python``."""
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    """Added to every child's environment (the manifest wins), like a node-level setting."""
+    wrappers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Pod component (worker, select, server) -> command put in front of the container's command."""
+    kubelet: KubeletSettings = field(default_factory=KubeletSettings)
+    stop_grace_seconds: float = 5.0
+    """SIGTERM, then SIGKILL after this long, when stopping worker processes."""
+    file_poll_seconds: float = 0.5
+    """How often the resource files are checked for changes."""
+
+
+@dataclass(frozen=True)
+class Event:
+    time: float
+    key: Key
+    type: str
+    reason: str
+    message: str
+
+
+class Reporter:
+    """Receives what a user should see; the CLI's terminal view implements it."""
+
+    def event(self, event: Event) -> None: ...
+
+    def problems(self, lines: Sequence[str]) -> None: ...
+
+    def changed(self, runtime: LocalRuntime) -> None: ...
+
+
+class WorkerRun:
+    """A worker (or select) pod: one process, restartPolicy Never."""
+
+    def __init__(self, manifest: dict[str, Any], process: LocalProcess) -> None:
+        self.manifest = manifest
+        self.process = process
+        labels = manifest["metadata"].get("labels", {})
+        self.index = builders.parse_worker_index(labels.get(LABEL_WORKER_INDEX, "0"))
+        self.attempt = int(labels.get(LABEL_ATTEMPT, "1"))
+        self.deleting = False
+
+    def observe(self) -> ObservedPod:
+        t = self.process.termination
+        if t is None:
+            phase = "Running" if self.process.pid is not None else "Pending"
+        else:
+            phase = "Succeeded" if t.exit_code == 0 else "Failed"
+        return ObservedPod(
+            name=self.process.name,
+            index=self.index,
+            attempt=self.attempt,
+            phase=phase,  # type: ignore[arg-type]
+            exit_code=None if t is None else t.exit_code,
+            reason=None if t is None else t.reason,
+            deleting=self.deleting,
+        )
+
+
+class LocalRuntime:
+    """Runs resources from files until told to stop; statuses readable at any time."""
+
+    def __init__(self, files: Sequence[Path], settings: RunSettings, config: OperatorConfig | None = None,
+                 reporter: Reporter | None = None) -> None:
+        self.files = [Path(f) for f in files]
+        self.settings = settings
+        self.config = config or OperatorConfig(image="local")
+        self.reporter = reporter or Reporter()
+        self.resources: dict[Key, Resource] = {}
+        self.statuses: dict[Key, BaseModel] = {}
+        self.workers: dict[Key, dict[str, WorkerRun]] = {}
+        self.deployments: dict[Key, LocalDeployment] = {}
+        self.services: dict[Key, LocalService] = {}
+        self.requeue_at: dict[Key, float] = {}
+        self.processes: list[LocalProcess] = []
+        """Every process ever started in this run (for the pid file and the leak check)."""
+        self._wake = asyncio.Event()
+        self._mtimes: dict[Path, float] = {}
+        self._next_file_check = 0.0
+        self._run_id = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._scratch = settings.data_dir / "tmp" / self._run_id
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ resources
+
+    def load(self, resources: Sequence[Resource]) -> None:
+        """Take the initial resources (already validated, e.g. by load_resources)."""
+        self._apply_resources(list(resources))
+        for f in self.files:
+            with contextlib.suppress(OSError):
+                self._mtimes[f] = f.stat().st_mtime_ns
+
+    def _apply_resources(self, resources: list[Resource]) -> list[str]:
+        """Create, update or delete resources like `kubectl apply` of the whole set (prune)."""
+        problems: list[str] = []
+        incoming = {key_of(r): r for r in resources}
+        for key, new in incoming.items():
+            old = self.resources.get(key)
+            if old is None:
+                meta = new.metadata.model_copy(update={"uid": new.metadata.uid or str(uuid.uuid4()), "generation": 1})
+                self.resources[key] = new.model_copy(update={"metadata": meta, "status": None})
+                continue
+            if old.spec.to_wire() == new.spec.to_wire():
+                continue
+            if isinstance(new, api.TrainingJob):
+                assert isinstance(old, api.TrainingJob)
+                changed = [f for f in IMMUTABLE_TRAINING_FIELDS if getattr(old.spec, f) != getattr(new.spec, f)]
+                if changed:
+                    for f in changed:
+                        wire = api.TrainingJobSpec.model_fields[f].alias or f
+                        problems.append(
+                            f"TrainingJob {key[1]}/{key[2]}: spec.{wire} is immutable: create a new "
+                            "TrainingJob to train differently (change refused, the running job is kept)"
+                        )
+                    continue
+            meta = old.metadata.model_copy(update={"generation": (old.metadata.generation or 1) + 1})
+            self.resources[key] = new.model_copy(update={"metadata": meta, "status": None})
+        for key in [k for k in self.resources if k not in incoming]:
+            self._delete_resource(key)
+        self._wake.set()
+        return problems
+
+    def _delete_resource(self, key: Key) -> None:
+        self.resources.pop(key, None)
+        self.statuses.pop(key, None)
+        self.requeue_at.pop(key, None)
+        for run in self.workers.pop(key, {}).values():
+            self._spawn(run.process.stop(self.settings.stop_grace_seconds))
+        dep = self.deployments.pop(key, None)
+        if dep is not None:
+            self._spawn(dep.stop())
+        svc = self.services.pop(key, None)
+        if svc is not None:
+            self._spawn(svc.close())
+
+    def _check_files(self, now: float) -> None:
+        if now < self._next_file_check:
+            return
+        self._next_file_check = now + self.settings.file_poll_seconds
+        changed = False
+        for f in self.files:
+            try:
+                m = f.stat().st_mtime_ns
+            except OSError:
+                continue
+            if self._mtimes.get(f) != m:
+                self._mtimes[f] = m
+                changed = True
+        if not changed:
+            return
+        from mlvisor.operator.resources_cli import ResourceError, load_resources
+
+        resources: list[Resource] = []
+        try:
+            for f in self.files:
+                resources.extend(load_resources(f))
+        except ResourceError as e:
+            self.reporter.problems(["a resource file changed but is not valid; keeping the running resources:",
+                                    *e.problems])
+            return
+        problems = self._apply_resources(resources)
+        if problems:
+            self.reporter.problems(problems)
+
+    # ------------------------------------------------------------------ the loop
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def resource_with_status(self, key: Key) -> Resource:
+        r = self.resources[key]
+        return r.model_copy(update={"status": self.statuses.get(key)})
+
+    async def step(self) -> None:
+        """One reconcile of every resource (TrainingJobs first)."""
+        now = time.time()
+        self._check_files(now)
+        for key in sorted(self.resources, key=lambda k: (k[0] != "TrainingJob", k)):
+            if key not in self.resources:
+                continue
+            try:
+                if key[0] == "TrainingJob":
+                    plan = self._plan_training(key, now)
+                else:
+                    plan = self._plan_serving(key, now)
+                await self._carry_out(key, plan)
+            except ManifestError as e:
+                self.reporter.problems([f"{key_str(key)}: {e}"])
+        self.reporter.changed(self)
+
+    async def run(self, done: Callable[[], bool], stop: asyncio.Event) -> None:
+        """Reconcile until ``done()`` is true or ``stop`` is set; children keep running."""
+        self._scratch.mkdir(parents=True, exist_ok=True)
+        while not stop.is_set():
+            self._wake.clear()
+            await self.step()
+            if done():
+                return
+            now = time.time()
+            deadlines = [t for t in self.requeue_at.values() if t is not None]
+            timeout = self.settings.file_poll_seconds
+            if deadlines:
+                timeout = min(timeout, max(0.0, min(deadlines) - now))
+            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+            try:
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+
+    async def shutdown(self) -> None:
+        """Stop every child (SIGTERM, grace, SIGKILL) and wait until all are gone."""
+        tasks = []
+        for runs in self.workers.values():
+            for run in runs.values():
+                tasks.append(run.process.stop(self.settings.stop_grace_seconds))
+        for dep in self.deployments.values():
+            tasks.append(dep.stop())
+        for svc in self.services.values():
+            tasks.append(svc.close())
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+        # Belt and braces: any process group still alive is killed.
+        for p in self.processes:
+            p.kill()
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------ planners
+
+    def _artifact_metadata(self, job: api.TrainingJob) -> dict[str, Any] | None:
+        status = job.status
+        if status is None or not status.version:
+            return None
+        folder = self.host_folder(builders.model_uri_for(job, status.version, self.config))
+        try:
+            return json.loads((folder / "metadata.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def host_folder(self, uri: str) -> Path:
+        """Where a model URI lives on this machine (pvc://claim/path -> <data-dir>/volumes/claim/path)."""
+        claim, path = builders.parse_model_uri(uri)
+        if claim is None:
+            return Path(path)
+        return self.settings.data_dir / "volumes" / claim / path
+
+    def _plan_training(self, key: Key, now: float) -> Plan:
+        from mlvisor.operator.reconcile.training import plan_training
+
+        job = self.resource_with_status(key)
+        assert isinstance(job, api.TrainingJob)
+        observed = [run.observe() for run in self.workers.get(key, {}).values()]
+        return plan_training(job, observed, now, self.config, artifact_metadata=self._artifact_metadata(job))
+
+    def model_source(self, server: api.ModelServer) -> ModelRef | None:
+        src = server.spec.model
+        if src.uri is not None:
+            return ModelRef(uri=src.uri, version=builders.version_of(src.uri))
+        assert src.training_job_ref is not None
+        status = self.statuses.get(("TrainingJob", server.metadata.namespace, src.training_job_ref.name))
+        model = getattr(status, "model", None)
+        if model is None:
+            return None
+        return ModelRef(uri=model.uri, version=model.version)
+
+    def _plan_serving(self, key: Key, now: float) -> Plan:
+        from mlvisor.operator.reconcile.serving import plan_serving
+
+        server = self.resource_with_status(key)
+        assert isinstance(server, api.ModelServer)
+        dep = self.deployments.get(key)
+        observed_dep, pods = (None, []) if dep is None or dep.manifest is None else dep.observe()
+        return plan_serving(server, observed_dep, pods, self.model_source(server), now, self.config)
+
+    async def _carry_out(self, key: Key, plan: Plan) -> None:
+        for action in plan.actions:
+            if isinstance(action, CreatePod):
+                await self._create_worker(key, action.manifest)
+            elif isinstance(action, DeletePod):
+                self._delete_pod(key, action.name)
+            elif isinstance(action, ApplyDeployment):
+                self._apply_deployment(key, action.manifest)
+            elif isinstance(action, ApplyService):
+                await self._apply_service(key)
+            elif isinstance(action, RecordEvent):
+                self.reporter.event(Event(time.time(), key, action.type, action.reason, action.message))
+        if plan.status is not None:
+            self.statuses[key] = plan.status
+        if plan.requeue_after is not None:
+            self.requeue_at[key] = time.time() + max(0.0, plan.requeue_after)
+        else:
+            self.requeue_at.pop(key, None)
+
+    # ------------------------------------------------------------------ children
+
+    def _wrapper(self, manifest: Mapping[str, Any]) -> tuple[str, ...]:
+        component = manifest.get("metadata", {}).get("labels", {}).get(LABEL_COMPONENT, "")
+        return self.settings.wrappers.get(component, ())
+
+    def _log_dir(self, key: Key) -> Path:
+        return self.settings.data_dir / "logs" / key[1] / f"{key[0].lower()}-{key[2]}"
+
+    def _started(self, process: LocalProcess) -> None:
+        self.processes.append(process)
+        self.wake()
+
+    async def _create_worker(self, key: Key, manifest: dict[str, Any]) -> None:
+        runs = self.workers.setdefault(key, {})
+        name = manifest["metadata"]["name"]
+        if name in runs:
+            return  # create-if-absent, as the Kubernetes shell does
+        spec = process_spec_for_pod(
+            manifest, self.settings.data_dir, self._scratch / name,
+            python=self.settings.python, extra_env=self.settings.extra_env,
+            command_prefix=self._wrapper(manifest),
+        )
+        process = LocalProcess(name, spec, self._log_dir(key) / f"{name}.log", on_exit=lambda _p: self.wake())
+        runs[name] = WorkerRun(manifest, process)
+        await process.start()
+        if process.pid is not None:
+            self._started(process)
+
+    def _delete_pod(self, key: Key, name: str) -> None:
+        runs = self.workers.get(key, {})
+        run = runs.pop(name, None)
+        if run is not None:
+            run.deleting = True
+            self._spawn(run.process.stop(self.settings.stop_grace_seconds))
+            self.wake()
+            return
+        dep = self.deployments.get(key)
+        if dep is not None:
+            dep.delete_pod(name)
+
+    def _server_spec(self, key: Key) -> Callable[[Mapping[str, Any], int], Any]:
+        def make(pod: Mapping[str, Any], port: int) -> Any:
+            return process_spec_for_pod(
+                pod, self.settings.data_dir, self._scratch / pod["metadata"]["name"],
+                python=self.settings.python, extra_env=self.settings.extra_env,
+                env_overrides={"MLVISOR_HOST": "127.0.0.1", "MLVISOR_PORT": str(port)},
+                command_prefix=self._wrapper(pod),
+            )
+        return make
+
+    def _apply_deployment(self, key: Key, manifest: dict[str, Any]) -> None:
+        dep = self.deployments.get(key)
+        if dep is None:
+            dep = LocalDeployment(
+                name=manifest["metadata"]["name"], namespace=key[1], make_spec=self._server_spec(key),
+                log_dir=self._log_dir(key), settings=self.settings.kubelet,
+                notify=lambda: self._deployment_changed(key), on_start=self._started,
+            )
+            self.deployments[key] = dep
+        dep.apply(manifest)
+
+    def _deployment_changed(self, key: Key) -> None:
+        dep = self.deployments.get(key)
+        if dep is not None:
+            dep.reconcile()
+        self.wake()
+
+    async def _apply_service(self, key: Key) -> None:
+        if key in self.services:
+            return
+        svc = LocalService(key[2], endpoints=lambda: self._ready_ports(key))
+        await svc.start()
+        self.services[key] = svc
+
+    def _ready_ports(self, key: Key) -> list[int]:
+        dep = self.deployments.get(key)
+        return dep.ready_ports() if dep is not None else []
+
+    # ------------------------------------------------------------------ what users see
+
+    def local_url(self, key: Key) -> str | None:
+        """status.url with the cluster host replaced by the local Service's address."""
+        status = self.statuses.get(key)
+        svc = self.services.get(key)
+        url = getattr(status, "url", None)
+        if svc is None or svc.port is None:
+            return None
+        path = urlsplit(url).path if url else ""
+        if not path:
+            server = self.resources[key]
+            assert isinstance(server, api.ModelServer)
+            path = f"/v2/models/{server.spec.model_name or server.metadata.name}"
+        return f"http://127.0.0.1:{svc.port}{path}"
+
+    def status_document(self) -> dict[str, Any]:
+        """{"<Kind>/<ns>/<name>": status wire} with local URLs: the status file's content."""
+        doc: dict[str, Any] = {}
+        for key in sorted(self.resources):
+            status = self.statuses.get(key)
+            wire = status.model_dump(mode="json", by_alias=True, exclude_none=True) if status is not None else {}
+            if key[0] == "ModelServer":
+                url = self.local_url(key)
+                if url is not None and wire:
+                    wire["url"] = url
+                else:
+                    wire.pop("url", None)
+            doc[key_str(key)] = wire
+        return doc
+
+    def process_document(self) -> dict[str, Any]:
+        """Every process of the run: pod name, pid, whether it still runs."""
+        return {
+            "processes": [
+                {"pod": p.name, "pid": p.pid, "running": p.running,
+                 "exitCode": None if p.termination is None else p.termination.exit_code}
+                for p in self.processes
+            ]
+        }
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,158 @@
+"""What `mlvisor run` shows: a live table of the resources, event lines, the status and pid files.
+
+Output must help a person watching a terminal and must not flood a log file: on a TTY the
+table is redrawn in place; otherwise it is printed again only when its content changed.
+Events (restarts, escalations, rollbacks) and "ready at URL" lines are printed once each,
+above the table. The status file is the machine-readable twin of the table: the same
+status documents the custom resources would carry (with local URLs), rewritten atomically
+whenever they change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from mlvisor.operator.local.runtime import Event, LocalRuntime, Reporter, key_str, write_json_atomic
+
+
+def _restarts(status: dict[str, Any]) -> str:
+    sup = status.get("supervision") or {}
+    return f"{sup.get('restartsInWindow', 0)} ({sup.get('totalRestarts', 0)})"
+
+
+def _metrics(status: dict[str, Any]) -> str:
+    model = status.get("model") or {}
+    metrics = model.get("metrics") or {}
+    return " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())[:3]) or "-"
+
+
+def _worker_line(w: dict[str, Any]) -> str:
+    name = "select" if w.get("index") == -1 else f"worker {w.get('index')}"
+    text = f"{name}: {w.get('phase', 'Pending')} (attempt {w.get('attempt', 1)}"
+    if w.get("lastExitCode") is not None:
+        text += f", last exit {w['lastExitCode']}"
+    return text + ")"
+
+
+def table_lines(doc: dict[str, Any]) -> list[str]:
+    """The table for a status document: one row per resource, worker progress under jobs."""
+    header = ("RESOURCE", "PHASE", "WORKERS/READY", "RESTARTS", "METRICS/MODEL", "URL")
+    rows: list[tuple[str, ...]] = []
+    details: dict[int, list[str]] = {}
+    for key, status in doc.items():
+        kind, _ns, name = key.split("/", 2)
+        if kind == "TrainingJob":
+            short = f"tj/{name}"
+            workers = status.get("workersSummary") or "-"
+            rows.append((short, status.get("phase", "Pending"), workers, _restarts(status), _metrics(status), "-"))
+            lines = [_worker_line(w) for w in status.get("workers") or []]
+            if status.get("select"):
+                lines.append(_worker_line(status["select"]))
+            if status.get("phase") not in ("Succeeded", "Failed") and lines:
+                details[len(rows) - 1] = lines
+        else:
+            short = f"ms/{name}"
+            ready = f"{status.get('readyReplicas', 0)}/{status.get('replicas', 0)}"
+            version = status.get("modelVersion") or "-"
+            rows.append((short, status.get("phase", "Pending"), ready, _restarts(status), version, status.get("url", "-")))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip()]
+    for i, r in enumerate(rows):
+        out.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        out.extend(f"    {line}" for line in details.get(i, []))
+    return out
+
+
+class TerminalView(Reporter):
+    """Prints the table and events; keeps the status and pid files."""
+
+    def __init__(self, table: bool, status_file: Path | None, pid_file: Path | None,
+                 out: TextIO = sys.stdout) -> None:
+        self.table = table
+        self.status_file = status_file
+        self.pid_file = pid_file
+        self.out = out
+        self.tty = out.isatty()
+        self._drawn = 0
+        self._last_table: list[str] = []
+        self._last_doc: dict[str, Any] | None = None
+        self._last_pids: dict[str, Any] | None = None
+        self._announced: dict[str, str] = {}
+        self.doc: dict[str, Any] = {}
+
+    # Lines above the table -------------------------------------------------------------
+
+    def _print_above(self, lines: Sequence[str]) -> None:
+        self._erase()
+        for line in lines:
+            print(line, file=self.out)
+        self._draw(self._last_table, force=True)
+
+    def _erase(self) -> None:
+        if self.tty and self._drawn:
+            self.out.write(f"\x1b[{self._drawn}F\x1b[J")
+            self._drawn = 0
+
+    def _draw(self, lines: list[str], force: bool = False) -> None:
+        if not self.table or not lines:
+            return
+        if not self.tty and not force and lines == self._last_table:
+            return
+        if not self.tty and force:
+            return  # non-TTY: never re-print an unchanged table just because an event came
+        self._erase()
+        for line in lines:
+            print(line, file=self.out)
+        if self.tty:
+            self._drawn = len(lines)
+        self.out.flush()
+
+    def event(self, event: Event) -> None:
+        when = dt.datetime.fromtimestamp(event.time).strftime("%H:%M:%S")
+        self._print_above([f"{when} {event.type} {event.reason} {key_str(event.key)}: {event.message}"])
+
+    def problems(self, lines: Sequence[str]) -> None:
+        self._erase()
+        for line in lines:
+            print(line, file=sys.stderr)
+        self._draw(self._last_table, force=True)
+
+    def say(self, line: str) -> None:
+        self._print_above([line])
+
+    # The whole picture ---------------------------------------------------------------
+
+    def changed(self, runtime: LocalRuntime) -> None:
+        doc = runtime.status_document()
+        self.doc = doc
+        if doc != self._last_doc:
+            self._last_doc = json.loads(json.dumps(doc))
+            if self.status_file is not None:
+                write_json_atomic(self.status_file, doc)
+        pids = runtime.process_document()
+        if self.pid_file is not None and pids != self._last_pids:
+            self._last_pids = pids
+            write_json_atomic(self.pid_file, pids)
+        for key, status in doc.items():
+            url = status.get("url")
+            if key.startswith("ModelServer/") and status.get("phase") == "Ready" and url:
+                announce = f"{status.get('modelVersion')}@{url}"
+                if self._announced.get(key) != announce:
+                    self._announced[key] = announce
+                    name = key.split("/", 2)[2]
+                    self.say(f"{name} ready at {url} (model version {status.get('modelVersion')})")
+        lines = table_lines(doc)
+        if lines != self._last_table:
+            self._draw(lines)
+            self._last_table = lines
+
+    def finish(self, summary: Sequence[str]) -> None:
+        self._drawn = 0  # leave the last table on screen
+        for line in summary:
+            print(line, file=self.out)
+        self.out.flush()
