@@ -1,0 +1,33 @@
+"""``mlvisor train FILE --output DIR``: the trainer for people, same behaviour as the pods.
+
+Registered into the ``mlvisor`` command by ``mlvisor.operator.cli``; kept free of sklearn
+imports at module level so ``mlvisor --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "train",
+        help="train a TrainingJob locally and write its model artifact",
+        description=(
+            "Train the model of a TrainingJob file. Without worker flags the whole job runs in "
+            "this process (every search shard, then the select step) and the artifact path is "
+            "printed. Progress is logged as JSON lines on stderr."
+        ),
+        epilog="Exit codes: 0 ok; 2 invalid spec or data (do not retry); 1 crash.",
+    )
+    from mlvisor.trainer.entry import add_run_arguments
+
+    add_run_arguments(parser, spec_positional=True)
+    parser.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from mlvisor.trainer.entry import execute
+
+    return execute(args)
