@@ -21,6 +21,7 @@ import os
 import platform
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -191,7 +192,10 @@ def load_artifact(path: Path) -> LoadedArtifact:
         untrusted = sio.get_untrusted_types(file=model_path)
     except Exception as e:  # skops raises assorted errors on malformed archives
         raise ArtifactError(f"{model_path} is not a valid skops file: {e}") from e
-    refused = sorted(t for t in untrusted if not is_trusted_type(t))
+    # skops trusts every sklearn estimator by default, so untrusted types alone would let a file
+    # instantiate, say, sklearn.cluster.KMeans: check every sklearn type the file names as well.
+    named = {t for t in sklearn_types_in(model_path) if not is_trusted_type(t)}
+    refused = sorted(named | {t for t in untrusted if not is_trusted_type(t)})
     if refused:
         raise ArtifactError(
             f"{model_path} contains types outside the estimator allowlist, refusing to load: "
@@ -202,6 +206,27 @@ def load_artifact(path: Path) -> LoadedArtifact:
     except Exception as e:
         raise ArtifactError(f"{model_path} could not be loaded: {e}") from e
     return LoadedArtifact(path=path, metadata=meta, model=model)
+
+
+def sklearn_types_in(model_path: Path) -> set[str]:
+    """Dotted names of every sklearn type a skops file's schema refers to (read, not loaded)."""
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            schema = json.loads(archive.read("schema.json"))
+    except (OSError, KeyError, zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{model_path} is not a valid skops file: {e}") from e
+    found: set[str] = set()
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            module, cls = node.get("__module__"), node.get("__class__")
+            if isinstance(module, str) and isinstance(cls, str) and module.split(".")[0] == "sklearn":
+                found.add(f"{module}.{cls}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
 
 
 def list_versions(root: Path) -> list[str]:
