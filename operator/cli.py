@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-import mlvisor
+from importlib.metadata import version as _dist_version
 
 #: module path -> the subcommands it registers (for lazy loading and the help text).
 SUBCOMMAND_MODULES: dict[str, tuple[str, ...]] = {
@@ -29,7 +29,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="mlvisor",
         description="Train and serve scikit-learn models, supervised like Erlang/OTP.",
     )
-    parser.add_argument("--version", action="version", version=f"mlvisor {mlvisor.__version__}")
+    parser.add_argument("--version", action="version", version=f"mlvisor {_dist_version('mlvisor')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module, commands in SUBCOMMAND_MODULES.items():
         if only is not None and only not in commands:

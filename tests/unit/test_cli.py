@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-import mlvisor
+from importlib.metadata import version as _dist_version
 from mlvisor.operator import crdgen
 from mlvisor.operator.cli import main
 
@@ -22,7 +22,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_version():
     r = run("--version")
     assert r.returncode == 0
-    assert r.stdout.strip() == f"mlvisor {mlvisor.__version__}"
+    assert r.stdout.strip() == f"mlvisor {_dist_version('mlvisor')}"
 
 
 def test_crds_prints_both_crds_and_writes_files(tmp_path, capsys):
