@@ -30,7 +30,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,8 @@ class TrialResult:
     params: dict[str, Any]
     score: float
     fold_scores: list[float]
-    seconds: float
+    seconds: float = field(compare=False)
+    """Wall time of the trial; not part of the result's identity (a re-run takes different time)."""
 
     def to_json(self) -> str:
         return json.dumps(

@@ -1,0 +1,159 @@
+"""Trainer: deterministic grid, sharding, shard results, resume and the select step (in process)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlvisor.operator import api
+from mlvisor.trainer.artifact import read_metadata
+from mlvisor.trainer.job import RunOptions, run
+from mlvisor.trainer.logs import EventLog
+from mlvisor.trainer.search import (
+    TrialResult,
+    collect_results,
+    expand_grid,
+    read_results,
+    select_best,
+    shard_path,
+    shard_trials,
+)
+
+GRID = {"min_samples_leaf": [1, 8], "max_depth": [1, 2, None]}
+
+
+def search_spec(workers: int = 1, grid: dict[str, list[Any]] | None = None, cv: int = 3
+                ) -> api.TrainingJobSpec:
+    return api.TrainingJobSpec.model_validate({
+        "dataset": {"builtin": "wine"},
+        "estimator": {"class": "sklearn.tree.DecisionTreeClassifier", "params": {"random_state": 0}},
+        "search": {"grid": grid or GRID, "cv": cv},
+        "workers": workers,
+        "randomState": 7,
+    })
+
+
+def run_mode(out: Path, spec: api.TrainingJobSpec, **kw: Any) -> tuple[Path | None, list[dict[str, Any]]]:
+    buf = io.StringIO()
+    path = run(RunOptions(spec=spec, output=out, name="s", version="v1", **kw), EventLog(stream=buf))
+    return path, [json.loads(line) for line in buf.getvalue().splitlines()]
+
+
+def test_grid_expands_by_sorted_names_then_values_in_given_order() -> None:
+    trials = expand_grid({"b": [3, 1], "a": ["x", "y"]})
+    assert [t.params for t in trials] == [
+        {"a": "x", "b": 3}, {"a": "x", "b": 1}, {"a": "y", "b": 3}, {"a": "y", "b": 1}]
+    assert [t.index for t in trials] == [0, 1, 2, 3]
+
+
+def test_shards_partition_the_trials_round_robin() -> None:
+    trials = expand_grid({"a": list(range(7))})
+    shards = [shard_trials(trials, i, 3) for i in range(3)]
+    assert [[t.index for t in s] for s in shards] == [[0, 3, 6], [1, 4], [2, 5]]
+
+
+def test_ties_go_to_the_lowest_trial_index() -> None:
+    results = {i: TrialResult(i, {"a": i}, s, [s], 0.0)
+               for i, s in enumerate([0.5, 0.9, float("nan"), 0.9])}
+    assert select_best(results).index == 1
+
+
+def test_two_shards_pick_the_same_best_params_as_one_process(tmp_path: Path) -> None:
+    one, _ = run_mode(tmp_path / "one", search_spec(workers=1))
+    # the two shards, each in its own "pod", then the select step
+    for i in range(2):
+        path, _ = run_mode(tmp_path / "two", search_spec(workers=2), worker_index=i, workers=2)
+        assert path is None
+    results_two = {**read_results(shard_path(tmp_path / "two", "v1", 0, 2)),
+                   **read_results(shard_path(tmp_path / "two", "v1", 1, 2))}
+    two, _ = run_mode(tmp_path / "two", search_spec(workers=2), select=True)
+    assert one is not None and two is not None
+    m1, m2 = read_metadata(one), read_metadata(two)
+    assert m1.best_params == m2.best_params
+    assert m1.metrics == m2.metrics
+    assert m1.search is not None and m2.search is not None
+    assert m1.search["best_trial"] == m2.search["best_trial"]
+    assert m1.search["best_cv_score"] == m2.search["best_cv_score"]
+    assert m2.search["trials"] == 6 and m2.search["workers"] == 2
+    assert m1.params == {"random_state": 0, **(m1.best_params or {})}
+    # every trial's score is identical whichever shard evaluated it
+    assert sorted(results_two) == list(range(6))
+    assert not (tmp_path / "two" / ".work").exists()  # cleaned up after the artifact
+
+
+def test_the_search_agrees_with_sklearn_grid_search_cv(tmp_path: Path) -> None:
+    from sklearn.datasets import load_wine
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
+    from sklearn.tree import DecisionTreeClassifier
+
+    path, _ = run_mode(tmp_path, search_spec(workers=2))
+    X, y = load_wine(return_X_y=True)
+    X_train, _, y_train, _ = train_test_split(X, y, test_size=0.2, random_state=7, stratify=y)
+    gs = GridSearchCV(DecisionTreeClassifier(random_state=0), GRID, scoring="accuracy",
+                      cv=StratifiedKFold(3, shuffle=True, random_state=7)).fit(X_train, y_train)
+    meta = read_metadata(path)  # type: ignore[arg-type]
+    assert meta.best_params == gs.best_params_
+    assert meta.search is not None
+    assert meta.search["best_cv_score"] == pytest.approx(gs.best_score_)
+
+
+def test_a_restarted_shard_resumes_and_does_not_redo_finished_trials(tmp_path: Path) -> None:
+    spec = search_spec(workers=2)
+    clean, _ = run_mode(tmp_path / "clean", spec, worker_index=0, workers=2)
+    clean_results = read_results(shard_path(tmp_path / "clean", "v1", 0, 2))
+
+    # a shard that died after its first trial, mid-way through writing the second line
+    path = shard_path(tmp_path / "crashed", "v1", 0, 2)
+    path.parent.mkdir(parents=True)
+    first = clean_results[0]
+    path.write_text(first.to_json() + "\n" + first.to_json()[:20])
+    _, log = run_mode(tmp_path / "crashed", spec, worker_index=0, workers=2)
+    evaluated = [e["trial"] for e in log if e["event"] == "trial"]
+    assert evaluated == [2, 4]  # trial 0 was reused, not re-run
+    assert next(e for e in log if e["event"] == "shard")["resumed"] == 1
+    assert read_results(path) == clean_results
+    assert len(path.read_text().splitlines()) == 3  # the torn line was cut off, not kept
+
+
+def test_select_refuses_to_run_with_a_missing_shard(tmp_path: Path) -> None:
+    spec = search_spec(workers=2)
+    run_mode(tmp_path, spec, worker_index=1, workers=2)
+    with pytest.raises(RuntimeError, match=r"3 of 6 trials have no result .*shards \[0\] of 2"):
+        run_mode(tmp_path, spec, select=True)
+
+
+def test_select_is_a_crash_exit_1_not_invalid_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from mlvisor.trainer.entry import main
+
+    f = tmp_path / "job.yaml"
+    f.write_text(yaml.safe_dump(search_spec(workers=2).to_wire()))
+    assert main(["--spec", str(f), "--output", str(tmp_path), "--select", "--version", "v9"]) == 1
+    last = json.loads(capsys.readouterr().err.splitlines()[-1])
+    assert last["event"] == "crash" and "6 of 6 trials have no result" in last["msg"]
+
+
+def test_results_recorded_for_another_grid_are_not_reused(tmp_path: Path) -> None:
+    run_mode(tmp_path, search_spec(workers=2), worker_index=0, workers=2)
+    other = search_spec(workers=2, grid={"max_depth": [5, 6, 7, 8]})
+    with pytest.raises(RuntimeError, match="belongs to a different spec with the same version"):
+        run_mode(tmp_path, other, worker_index=0, workers=2)
+    with pytest.raises(RuntimeError, match="belongs to a different spec"):
+        collect_results(other.search.grid, tmp_path, "v1", 2)  # type: ignore[union-attr]
+
+
+def test_the_log_tells_the_story_of_a_search(tmp_path: Path) -> None:
+    _, log = run_mode(tmp_path, search_spec(workers=1, grid={"max_depth": [1, 3]}, cv=2))
+    kinds = [e["event"] for e in log]
+    assert kinds[:3] == ["dataset_loaded", "split", "shard"]
+    assert kinds.count("fold") == 4 and kinds.count("trial") == 2
+    assert kinds[-4:] == ["select", "refit", "metrics", "artifact_written"]
+    trial = next(e for e in log if e["event"] == "trial")
+    assert trial["msg"].startswith("trial 1 of 2: accuracy ")
+    assert set(trial) >= {"ts", "level", "event", "msg", "trial", "params", "score"}
+    assert any(e["event"] == "best_so_far" for e in log)
