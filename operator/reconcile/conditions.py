@@ -1,0 +1,145 @@
+"""metav1.Condition bookkeeping and time conversion shared by the planners.
+
+Conditions are kept by type; ``lastTransitionTime`` moves only when a condition's status
+flips, so a replayed reconcile never rewrites history. Statuses hold UTC datetimes while
+the planners take ``now`` as float epoch seconds; both are quantised to microseconds here
+so that a restart time written to status and read back compares exactly as before (the
+intensity window's boundary is inclusive, so a lost microsecond could change an answer).
+
+Also home of ``invalid_spec_status``: what both shells write when a resource body does not
+even parse (a pydantic ValidationError), so an invalid spec ends in a condition, never in a
+crash loop of the operator.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Literal
+
+from mlvisor.operator import api
+
+__all__ = [
+    "find_condition",
+    "from_timestamp",
+    "invalid_spec_status",
+    "quantize",
+    "set_condition",
+    "to_timestamp",
+]
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+def from_timestamp(t: float) -> dt.datetime:
+    """Epoch seconds -> aware UTC datetime, rounded to the microsecond."""
+    return _EPOCH + dt.timedelta(microseconds=round(t * 1_000_000))
+
+
+def to_timestamp(d: dt.datetime) -> float:
+    """Aware (or naive = UTC) datetime -> epoch seconds, exact to the microsecond."""
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=dt.UTC)
+    return ((d - _EPOCH) // _MICROSECOND) / 1_000_000
+
+
+def quantize(t: float) -> float:
+    """``t`` as it reads back after a trip through status (microsecond precision)."""
+    return to_timestamp(from_timestamp(t))
+
+
+def find_condition(conditions: Sequence[api.Condition], type_: str) -> api.Condition | None:
+    for c in conditions:
+        if c.type == type_:
+            return c
+    return None
+
+
+def set_condition(
+    conditions: Sequence[api.Condition],
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    now: float,
+    generation: int | None,
+) -> list[api.Condition]:
+    """A new condition list with ``type_`` set; other conditions keep their order and values.
+
+    ``lastTransitionTime`` is ``now`` for a new condition or a status flip, and unchanged
+    otherwise (reason, message and observedGeneration are always updated).
+    """
+    out: list[api.Condition] = []
+    found = False
+    for c in conditions:
+        if c.type != type_:
+            out.append(c)
+            continue
+        found = True
+        when = c.last_transition_time if c.status == status else from_timestamp(now)
+        out.append(
+            api.Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=when,
+                observed_generation=generation,
+            )
+        )
+    if not found:
+        out.append(
+            api.Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=from_timestamp(now),
+                observed_generation=generation,
+            )
+        )
+    return out
+
+
+def invalid_spec_status(
+    kind: str,
+    generation: int | None,
+    message: str,
+    now: float,
+    *,
+    previous: api.TrainingJobStatus | api.ModelServerStatus | None = None,
+) -> api.TrainingJobStatus | api.ModelServerStatus:
+    """The status of a resource whose spec is invalid: phase Failed, reason InvalidSpec.
+
+    ``kind`` is "TrainingJob" or "ModelServer"; ``message`` should name the field and say
+    what to change. Pass the current status as ``previous`` (when it parses) to keep its
+    other fields and the transition times of conditions that do not flip.
+    """
+    if kind == "TrainingJob":
+        tj = previous if isinstance(previous, api.TrainingJobStatus) else api.TrainingJobStatus()
+        conditions = set_condition(tj.conditions, "Failed", "True", "InvalidSpec", message, now, generation)
+        if find_condition(conditions, "Running") is not None:
+            conditions = set_condition(conditions, "Running", "False", "InvalidSpec", message, now, generation)
+        return tj.model_copy(
+            update={
+                "observed_generation": generation,
+                "phase": api.TrainingPhase.FAILED,
+                "conditions": conditions,
+                "completion_time": tj.completion_time or from_timestamp(now),
+            }
+        )
+    if kind == "ModelServer":
+        ms = previous if isinstance(previous, api.ModelServerStatus) else api.ModelServerStatus()
+        conditions = set_condition(ms.conditions, "Ready", "False", "InvalidSpec", message, now, generation)
+        conditions = set_condition(conditions, "Failed", "True", "InvalidSpec", message, now, generation)
+        return ms.model_copy(
+            update={
+                "observed_generation": generation,
+                "phase": api.ServerPhase.FAILED,
+                "conditions": conditions,
+            }
+        )
+    raise ValueError(f"unknown kind {kind!r}: expected TrainingJob or ModelServer")

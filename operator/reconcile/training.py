@@ -1,0 +1,593 @@
+"""The TrainingJob planner: (job, observed pods, now) -> Plan. Pure and level-triggered.
+
+Both shells call ``plan_training`` on every event and on every requeue. It recomputes the
+job's status from what is observed plus what only the status can remember (restart
+history, attempts, version, handled failures), asks ``supervision.supervise_exit`` about
+every child exit, and returns the actions that bring the world to the new status.
+
+Decisions this module makes (the docs were silent):
+
+- **Finished pods are kept, running ones are stopped.** A restart deletes the running pods
+  of its group; pods that already terminated stay (``kubectl logs`` of a failed attempt is
+  the first thing a user wants) until the job is deleted or ttlSecondsAfterFinished.
+- **A new attempt starts only after the old pod is gone** (no Pending/Running/Unknown pod
+  of an older attempt for that index), as OTP terminates a child before restarting it:
+  two attempts of one shard never write at once.
+- **Deletes are level-triggered, creates are not.** A pod that should not run is deleted
+  on every call while it is observed alive and not already terminating (the shells treat
+  404 as done), so a lost delete heals itself. A create happens exactly once: the status
+  records the new attempt in the same plan, and a replay with the same observations
+  creates nothing. Consequently a worker whose pod was created but never observed waits
+  (the deadline bounds it); a pod seen Running that disappears without a terminal state is
+  a failure with reason ``PodLost`` (classify it in failurePolicy if it should be ignored).
+- **A pod of a newer attempt than the status knows is adopted**, not duplicated (the shell
+  created it and crashed before writing status).
+- **Search jobs with more workers than trials** run only as many workers as there are
+  trials (``--workers`` is that number), rather than pods with empty shards.
+- **The select step** is the child after the last worker (index ``workers`` for the
+  supervisor, SELECT_INDEX on the pod): OneForAll re-runs every shard when it fails,
+  OneForOne and RestForOne re-run the select step only.
+- **Suspend** keeps attempts and the restart window; resuming starts attempt+1 without
+  counting a restart, and resets startTime (as Kubernetes Jobs do), so activeDeadlineSeconds
+  measures time spent running since the last resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlvisor.operator import api
+from mlvisor.operator.builders import build_worker_pod, model_uri_for, worker_pod_name
+from mlvisor.operator.reconcile.conditions import (
+    find_condition,
+    from_timestamp,
+    quantize,
+    set_condition,
+    to_timestamp,
+)
+from mlvisor.operator.reconcile.plan import (
+    SELECT_INDEX,
+    Action,
+    CreatePod,
+    DeletePod,
+    ObservedPod,
+    OperatorConfig,
+    Plan,
+    RecordEvent,
+)
+from mlvisor.operator.supervision import (
+    Decision,
+    Failure,
+    Policy,
+    SupervisorState,
+    Verdict,
+    restarts_in_window,
+    supervise_exit,
+)
+
+__all__ = ["MAX_SEARCH_TRIALS", "MAX_SPEC_BYTES", "check_training_spec", "effective_workers", "plan_training"]
+
+Phase = api.TrainingPhase
+WPhase = api.WorkerPhase
+
+#: Largest grid the operator accepts: beyond it a search never finishes in useful time.
+MAX_SEARCH_TRIALS = 100_000
+#: Largest spec (serialised) the operator accepts: workers receive it in an environment
+#: variable, and kopf keeps a copy in an annotation (262144 bytes for all annotations).
+MAX_SPEC_BYTES = 128 * 1024
+#: Re-check this soon while waiting for an old pod to terminate before a restart.
+WAIT_FOR_TERMINATION_SECONDS = 2.0
+
+_ALIVE = frozenset({"Pending", "Running", "Unknown"})
+_ACTIVE = frozenset({WPhase.PENDING, WPhase.RUNNING})
+
+
+def search_trials(spec: api.TrainingJobSpec) -> int:
+    """Number of parameter combinations of the search grid (0 without a search)."""
+    if spec.search is None:
+        return 0
+    return math.prod(len(values) for values in spec.search.grid.values())
+
+
+def effective_workers(spec: api.TrainingJobSpec) -> int:
+    """Worker pods the job runs: 1 without a search, else spec.workers capped at the trial count."""
+    if spec.search is None:
+        return 1
+    return max(1, min(spec.workers, search_trials(spec)))
+
+
+def check_training_spec(job: api.TrainingJob, config: OperatorConfig) -> list[str]:
+    """What is wrong with a spec that parsed but that only the operator can judge (empty: fine)."""
+    problems = []
+    trials = search_trials(job.spec)
+    if trials > MAX_SEARCH_TRIALS:
+        problems.append(
+            f"spec.search.grid has {trials} parameter combinations; at most {MAX_SEARCH_TRIALS} "
+            "are allowed: remove values or parameters from the grid"
+        )
+    size = len(json.dumps(job.spec.to_wire(), separators=(",", ":")))
+    if size > MAX_SPEC_BYTES:
+        problems.append(
+            f"spec is {size} bytes when serialised; at most {MAX_SPEC_BYTES} are allowed because "
+            "workers receive it in an environment variable: shrink spec.search.grid or spec.estimator.params"
+        )
+    if not (job.spec.image or config.image):
+        problems.append("spec.image is empty and the operator has no default image: set spec.image or MLVISOR_IMAGE")
+    return problems
+
+
+def plan_training(
+    job: api.TrainingJob,
+    observed: Sequence[ObservedPod],
+    now: float,
+    config: OperatorConfig,
+    *,
+    artifact_metadata: Mapping[str, Any] | None = None,
+) -> Plan:
+    """Plan one reconcile of ``job`` given its observed pods at ``now`` (epoch seconds).
+
+    ``artifact_metadata`` is the artifact's metadata.json as a dict, when the shell can
+    read it (the local runtime can, the Kubernetes shell cannot): it fills status.model's
+    metrics, score, bestParams and sklearnVersion once the job has succeeded.
+    Always returns the whole new status; the shells patch only what differs.
+    """
+    return _TrainingReconcile(job, observed, quantize(now), config, artifact_metadata).run()
+
+
+@dataclass
+class _TrainingReconcile:
+    job: api.TrainingJob
+    observed: Sequence[ObservedPod]
+    now: float
+    config: OperatorConfig
+    artifact_metadata: Mapping[str, Any] | None
+    status: api.TrainingJobStatus = field(init=False)
+    actions: list[Action] = field(default_factory=list)
+    requeue: list[float] = field(default_factory=list)
+    deleted: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.status = (
+            self.job.status.model_copy(deep=True) if self.job.status is not None else api.TrainingJobStatus()
+        )
+        self.spec = self.job.spec
+        self.generation = self.job.metadata.generation
+        self.workers = effective_workers(self.spec)
+
+    # ------------------------------------------------------------------ main flow
+
+    def run(self) -> Plan:
+        st = self.status
+        if st.phase in (Phase.SUCCEEDED, Phase.FAILED):
+            self._finished()
+            return self._plan()
+
+        problems = check_training_spec(self.job, self.config)
+        if problems:
+            self._fail("InvalidSpec", "; ".join(problems))
+            return self._plan()
+
+        if st.version is None:
+            self._start()
+
+        if self.spec.suspend:
+            if st.phase != Phase.SUSPENDED:
+                if self._supervise_exits():
+                    return self._plan()
+                self._suspend()
+            self._delete_alive(self._alive_pods(), "the job is suspended")
+            return self._plan()
+        if st.phase == Phase.SUSPENDED:
+            self._resume()
+
+        if self._deadline_passed():
+            return self._plan()
+        if self._supervise_exits():
+            return self._plan()
+        if self._complete_if_done():
+            return self._plan()
+        self._start_due_children()
+        self._delete_strays()
+        self._settle_phase()
+        return self._plan()
+
+    def _plan(self) -> Plan:
+        st = self.status
+        st.observed_generation = self.generation
+        self._summarise()
+        ttl = self.spec.ttl_seconds_after_finished
+        if st.phase in (Phase.SUCCEEDED, Phase.FAILED) and ttl is not None and st.completion_time:
+            self.requeue.append(to_timestamp(st.completion_time) + ttl - self.now)
+        requeue = min((r for r in self.requeue if r > 0), default=None)
+        return Plan(actions=tuple(self.actions), status=st, requeue_after=requeue)
+
+    # ------------------------------------------------------------------ children
+
+    def _records(self) -> list[tuple[int, api.WorkerStatus]]:
+        """(supervisor child index, record) in start order; the select step is child ``workers``."""
+        out = [(w.index, w) for w in self.status.workers if w.index < self.workers]
+        if self.status.select is not None:
+            out.append((self.workers, self.status.select))
+        return out
+
+    def _record(self, child: int) -> api.WorkerStatus:
+        if child == self.workers:
+            assert self.status.select is not None
+            return self.status.select
+        return next(w for w in self.status.workers if w.index == child)
+
+    def _pods_of(self, index: int) -> list[ObservedPod]:
+        return [p for p in self.observed if p.index == index]
+
+    def _current_pod(self, rec: api.WorkerStatus) -> ObservedPod | None:
+        for p in self._pods_of(rec.index):
+            if p.attempt == rec.attempt:
+                return p
+        return None
+
+    def _alive_pods(self) -> list[ObservedPod]:
+        return [p for p in self.observed if p.phase in _ALIVE]
+
+    def _logical(self, index: int) -> int:
+        return self.workers if index == SELECT_INDEX else index
+
+    def _delete(self, pod: ObservedPod, reason: str) -> None:
+        if pod.deleting or pod.name in self.deleted or pod.phase not in _ALIVE:
+            return
+        self.deleted.add(pod.name)
+        self.actions.append(DeletePod(name=pod.name, reason=reason))
+
+    def _delete_alive(self, pods: Sequence[ObservedPod], reason: str) -> None:
+        """Delete in reverse start order (select step, then the highest worker index first), as OTP does."""
+        for p in sorted(pods, key=lambda p: (self._logical(p.index), p.attempt), reverse=True):
+            self._delete(p, reason)
+
+    def _event(self, type_: str, reason: str, message: str) -> None:
+        self.actions.append(RecordEvent(type=type_, reason=reason, message=message))  # type: ignore[arg-type]
+
+    def _condition(self, type_: str, status: str, reason: str, message: str) -> None:
+        self.status.conditions = set_condition(
+            self.status.conditions, type_, status, reason, message, self.now, self.generation  # type: ignore[arg-type]
+        )
+
+    def _condition_false_if_present(self, type_: str, reason: str, message: str) -> None:
+        c = find_condition(self.status.conditions, type_)
+        if c is not None and c.status != "False":
+            self._condition(type_, "False", reason, message)
+
+    # ------------------------------------------------------------------ lifecycle steps
+
+    def _start(self) -> None:
+        """First reconcile: fix the version, create every worker at attempt 1 (unless suspended)."""
+        st, meta = self.status, self.job.metadata
+        generation = meta.generation or 1
+        st.version = f"{meta.uid[:8]}-{generation}" if meta.uid else f"{meta.name}-{generation}"
+        suspended = self.spec.suspend
+        st.workers = [
+            api.WorkerStatus(index=i, attempt=1, phase=WPhase.STOPPED if suspended else WPhase.PENDING)
+            for i in range(self.workers)
+        ]
+        capped = ""
+        if self.spec.search is not None and self.workers < self.spec.workers:
+            capped = (
+                f" (spec.workers is {self.spec.workers} but the grid has only {self.workers} "
+                f"combinations, so only {self.workers} workers run)"
+            )
+        if suspended:
+            st.phase = Phase.SUSPENDED
+            message = f"version {st.version}: created suspended; set spec.suspend to false to start{capped}"
+            self._condition("Created", "True", "Created", message)
+            self._condition("Suspended", "True", "Suspended", "spec.suspend is true")
+        else:
+            st.phase = Phase.RUNNING
+            st.start_time = from_timestamp(self.now)
+            for w in st.workers:
+                self._create(w, w.attempt)
+            message = f"version {st.version}: started {self.workers} worker pod(s){capped}"
+            self._condition("Created", "True", "Created", message)
+            self._condition("Running", "True", "WorkersRunning", f"0/{self.workers} workers succeeded")
+        self._event("Normal", "Created", message)
+
+    def _create(self, rec: api.WorkerStatus, attempt: int) -> None:
+        assert self.status.version is not None
+        rec.attempt = attempt
+        rec.pod = worker_pod_name(self.job, rec.index, attempt)
+        rec.phase = WPhase.PENDING
+        rec.restart_at = None
+        self.actions.append(
+            CreatePod(
+                manifest=build_worker_pod(
+                    self.job, rec.index, attempt, self.status.version, self.config, workers=self.workers
+                )
+            )
+        )
+
+    def _suspend(self) -> None:
+        for _, rec in self._records():
+            if rec.phase in (WPhase.PENDING, WPhase.RUNNING, WPhase.RESTARTING):
+                rec.phase = WPhase.STOPPED
+                rec.restart_at = None
+        self.status.phase = Phase.SUSPENDED
+        message = "spec.suspend is true: worker pods are deleted; set it to false to resume"
+        self._condition("Suspended", "True", "Suspended", message)
+        self._condition_false_if_present("Running", "Suspended", message)
+        self._condition_false_if_present("Restarting", "Suspended", message)
+        self._event("Normal", "Suspended", message)
+
+    def _resume(self) -> None:
+        st = self.status
+        st.phase = Phase.RUNNING
+        st.start_time = from_timestamp(self.now)
+        message = "spec.suspend is false: stopped workers start again (not counted as restarts)"
+        self._condition("Suspended", "False", "Resumed", message)
+        self._condition("Running", "True", "WorkersRunning", message)
+        self._event("Normal", "Resumed", message)
+
+    def _deadline_passed(self) -> bool:
+        deadline, start = self.spec.active_deadline_seconds, self.status.start_time
+        if deadline is None or start is None:
+            return False
+        remaining = to_timestamp(start) + deadline - self.now
+        if remaining > 0:
+            self.requeue.append(remaining)
+            return False
+        self._fail(
+            "DeadlineExceeded",
+            f"the job ran longer than spec.activeDeadlineSeconds ({deadline}s); "
+            "raise it or make training cheaper (fewer trials, smaller estimator)",
+        )
+        return True
+
+    def _policy(self) -> Policy:
+        sup = self.spec.supervision
+        children = tuple(range(self.workers))
+        if self.status.select is not None:
+            children += (self.workers,)
+        return Policy(
+            restart=sup.restart,
+            max_restarts=sup.max_restarts,
+            period_seconds=sup.period_seconds,
+            strategy=sup.strategy,
+            failure_policy=tuple(sup.failure_policy),
+            backoff_initial=sup.backoff.initial_seconds,
+            backoff_factor=sup.backoff.factor,
+            backoff_max=sup.backoff.max_seconds,
+            children=children,
+        )
+
+    def _supervisor_state(self) -> SupervisorState:
+        sup = self.status.supervision
+        return SupervisorState(
+            restart_times=tuple(to_timestamp(t) for t in sup.restart_times),
+            total_restarts=sup.total_restarts,
+            seen_failures=tuple(sup.seen_failures),
+        )
+
+    def _store_state(self, state: SupervisorState) -> None:
+        sup = self.status.supervision
+        sup.restart_times = [from_timestamp(t) for t in state.restart_times]
+        sup.total_restarts = state.total_restarts
+        sup.seen_failures = list(state.seen_failures)
+
+    def _exit_of(self, child: int, rec: api.WorkerStatus) -> Failure | None:
+        """The exit of a running child's current pod, if it has one to report."""
+        if rec.phase not in _ACTIVE:
+            return None  # Restarting/Stopped children's old pods die on our orders: not failures
+        pod = self._current_pod(rec)
+        if pod is None:
+            if rec.phase == WPhase.RUNNING and rec.pod is not None:
+                return Failure(child=child, pod=rec.pod, reason="PodLost")
+            return None  # created but not observed yet
+        if pod.phase in ("Pending", "Running"):
+            rec.phase = WPhase(pod.phase)
+            return None
+        if pod.phase not in ("Succeeded", "Failed"):
+            return None
+        return Failure(
+            child=child,
+            pod=pod.name,
+            restart_count=pod.restart_count,
+            exit_code=0 if pod.phase == "Succeeded" and pod.exit_code is None else pod.exit_code,
+            reason=pod.reason,
+            pod_conditions=pod.conditions,
+            succeeded=pod.phase == "Succeeded",
+        )
+
+    def _supervise_exits(self) -> bool:
+        """Feed every child exit to the supervisor, in start order. True when the job escalated."""
+        for child, rec in self._records():
+            exit_ = self._exit_of(child, rec)
+            if exit_ is None:
+                continue
+            decision, state = supervise_exit(self._supervisor_state(), exit_, self._policy(), self.now)
+            if decision.verdict is Verdict.DUPLICATE:
+                continue
+            self._store_state(state)
+            rec.last_exit_code = exit_.exit_code
+            rec.last_reason = exit_.reason
+            if not exit_.succeeded:
+                self.status.supervision.last_failure = api.FailureRecord(
+                    worker=rec.index,
+                    pod=exit_.pod,
+                    exit_code=exit_.exit_code,
+                    reason=exit_.reason,
+                    action=decision.action,
+                    time=from_timestamp(self.now),
+                )
+            if decision.verdict is Verdict.DONE:
+                rec.phase = WPhase.SUCCEEDED
+            elif decision.verdict is Verdict.RESTART:
+                self._restart(decision)
+            else:
+                rec.phase = WPhase.SUCCEEDED if exit_.succeeded else WPhase.FAILED
+                self._fail(decision.reason, decision.message)
+                return True
+        return False
+
+    def _restart(self, decision: Decision) -> None:
+        restart_at = from_timestamp(self.now + decision.delay)
+        for child in decision.restart:
+            rec = self._record(child)
+            pod = self._current_pod(rec)
+            if pod is not None:
+                self._delete(pod, f"restarting: {decision.message}")
+            rec.phase = WPhase.RESTARTING
+            rec.restart_at = restart_at
+        self.status.phase = Phase.RESTARTING
+        reason = "Restarting" if decision.counted else "RestartingUncounted"
+        self._condition("Restarting", "True", reason, decision.message)
+        self._event("Warning", "Restarting", decision.message)
+
+    def _fail(self, reason: str, message: str) -> None:
+        """Terminal failure: stop every child (reverse start order) and mark the job Failed."""
+        st = self.status
+        for _, rec in self._records():
+            if rec.phase in (WPhase.PENDING, WPhase.RUNNING, WPhase.RESTARTING):
+                rec.phase = WPhase.STOPPED
+                rec.restart_at = None
+        self._delete_alive(self._alive_pods(), f"the job failed: {reason}")
+        st.phase = Phase.FAILED
+        st.completion_time = from_timestamp(self.now)
+        self._condition("Failed", "True", reason, message)
+        self._condition_false_if_present("Running", reason, message)
+        self._condition_false_if_present("Restarting", reason, message)
+        self._event("Warning", reason, message)
+
+    def _complete_if_done(self) -> bool:
+        """Start the select step once every shard succeeded; succeed when the last step did."""
+        st = self.status
+        if not all(w.phase == WPhase.SUCCEEDED for _, w in self._records() if w.index != SELECT_INDEX):
+            return False
+        if self.spec.search is None:
+            self._succeed()
+            return True
+        if st.select is None:
+            st.select = api.WorkerStatus(index=SELECT_INDEX, attempt=1, phase=WPhase.STOPPED)
+            self._event(
+                "Normal",
+                "Selecting",
+                f"all {self.workers} search shards succeeded; starting the select-and-refit step",
+            )
+            return False
+        if st.select.phase == WPhase.SUCCEEDED:
+            self._succeed()
+            return True
+        return False
+
+    def _succeed(self) -> None:
+        st = self.status
+        assert st.version is not None
+        st.phase = Phase.SUCCEEDED
+        st.completion_time = from_timestamp(self.now)
+        st.model = api.ModelInfo(uri=model_uri_for(self.job, st.version, self.config), version=st.version)
+        self._fill_model_metadata()
+        message = f"model version {st.version} written to {st.model.uri}"
+        if st.model.score is not None:
+            message += f" (score {st.model.score:g})"
+        self._condition("Succeeded", "True", "Succeeded", message)
+        self._condition_false_if_present("Running", "Succeeded", message)
+        self._condition_false_if_present("Restarting", "Succeeded", message)
+        self._event("Normal", "Succeeded", message)
+        self._delete_alive(self._alive_pods(), "the job succeeded")
+
+    def _fill_model_metadata(self) -> None:
+        model, md = self.status.model, self.artifact_metadata
+        if model is None or md is None or model.sklearn_version is not None:
+            return
+        if md.get("version") not in (None, model.version):
+            return  # metadata of another version: not ours to report
+        metrics = {
+            k: float(v)
+            for k, v in (md.get("metrics") or {}).items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        }
+        model.metrics = metrics
+        score_name = md.get("score_name")
+        model.score = metrics.get(score_name) if isinstance(score_name, str) else None
+        model.best_params = md.get("best_params")
+        model.sklearn_version = md.get("sklearn_version")
+
+    def _finished(self) -> None:
+        """A Succeeded or Failed job never starts a pod again; it only tidies up."""
+        st = self.status
+        if st.phase == Phase.SUCCEEDED:
+            self._fill_model_metadata()
+        self._delete_alive(self._alive_pods(), f"the job {st.phase.value.lower()}")
+        ttl, done = self.spec.ttl_seconds_after_finished, st.completion_time
+        if ttl is None or done is None:
+            return
+        if to_timestamp(done) + ttl > self.now:
+            return  # _plan() requeues for the expiry
+        for p in sorted(self.observed, key=lambda p: (self._logical(p.index), p.attempt), reverse=True):
+            if not p.deleting and p.name not in self.deleted:
+                self.deleted.add(p.name)
+                self.actions.append(DeletePod(name=p.name, reason="ttlSecondsAfterFinished passed"))
+
+    def _start_due_children(self) -> None:
+        """Create the next attempt of every child whose back-off is over (or that resumes)."""
+        shards_done = all(w.phase == WPhase.SUCCEEDED for w in self.status.workers)
+        for _, rec in self._records():
+            if rec.phase == WPhase.RESTARTING:
+                assert rec.restart_at is not None
+                wait = to_timestamp(rec.restart_at) - self.now
+                if wait > 0:
+                    self.requeue.append(wait)
+                    continue
+            elif rec.phase != WPhase.STOPPED:
+                continue
+            if rec.index == SELECT_INDEX and not shards_done:
+                continue  # the select step waits for its shards, restarted or not
+            attempt = rec.attempt + 1 if rec.pod is not None else rec.attempt
+            pods = self._pods_of(rec.index)
+            adopted = next((p for p in pods if p.attempt == attempt and not p.deleting), None)
+            older = [p for p in pods if p.attempt < attempt and p.phase in _ALIVE]
+            if older:
+                self._delete_alive(older, "its worker restarts with a new attempt")
+                self.requeue.append(WAIT_FOR_TERMINATION_SECONDS)
+                continue
+            if adopted is not None:
+                # Created by an earlier plan whose status write was lost: take it over.
+                rec.attempt, rec.pod, rec.restart_at = attempt, adopted.name, None
+                rec.phase = WPhase.RUNNING if adopted.phase == "Running" else WPhase.PENDING
+                continue
+            self._create(rec, attempt)
+
+    def _delete_strays(self) -> None:
+        """Alive pods that belong to no current attempt: superseded attempts, unknown indices."""
+        current = {(rec.index, rec.attempt) for _, rec in self._records() if rec.phase in _ACTIVE}
+        known = {rec.index: rec for _, rec in self._records()}
+        strays = []
+        for p in self._alive_pods():
+            rec = known.get(p.index)
+            if rec is None or ((p.index, p.attempt) not in current and p.attempt <= rec.attempt):
+                strays.append(p)
+        self._delete_alive(strays, "it belongs to no current attempt of the job")
+
+    def _settle_phase(self) -> None:
+        st = self.status
+        waiting = [rec for _, rec in self._records() if rec.phase == WPhase.RESTARTING]
+        if waiting:
+            st.phase = Phase.RESTARTING
+            return
+        st.phase = Phase.RUNNING
+        self._condition_false_if_present("Restarting", "Restarted", "every restarted worker has a new pod")
+        done = sum(1 for w in st.workers if w.phase == WPhase.SUCCEEDED)
+        if st.select is not None:
+            self._condition("Running", "True", "Selecting", "the select-and-refit step runs")
+        else:
+            self._condition("Running", "True", "WorkersRunning", f"{done}/{self.workers} workers succeeded")
+
+    def _summarise(self) -> None:
+        st = self.status
+        sup = st.supervision
+        if st.version is not None:
+            done = sum(1 for w in st.workers if w.phase == WPhase.SUCCEEDED)
+            st.workers_summary = f"{done}/{len(st.workers)}"
+        history = [to_timestamp(t) for t in sup.restart_times]
+        sup.restarts_in_window = restarts_in_window(history, self.now, self.spec.supervision.period_seconds)
+        pending = [rec.restart_at for _, rec in self._records() if rec.phase == WPhase.RESTARTING and rec.restart_at]
+        sup.next_restart_time = min(pending) if pending else None

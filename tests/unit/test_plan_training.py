@@ -1,0 +1,695 @@
+"""plan_training on virtual time: a small simulated cluster plays the kubelet.
+
+Each test drives a World (pods by name; CreatePod adds a Pending pod, DeletePod marks it
+terminating) through plan_training, feeding back the status after a trip through its wire
+form, exactly as a shell persists it, and asserts on actions and status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlvisor.operator import api
+from mlvisor.operator.builders import parse_worker_index
+from mlvisor.operator.reconcile.conditions import find_condition, invalid_spec_status, to_timestamp
+from mlvisor.operator.reconcile.plan import (
+    LABEL_ATTEMPT,
+    LABEL_WORKER_INDEX,
+    SELECT_INDEX,
+    CreatePod,
+    DeletePod,
+    ObservedPod,
+    OperatorConfig,
+    Plan,
+    RecordEvent,
+)
+from mlvisor.operator.reconcile.training import plan_training
+
+CONFIG = OperatorConfig()
+T0 = 1_700_000_000.25
+ALIVE = ("Pending", "Running", "Unknown")
+
+
+def make_job(*, workers: int = 1, grid: dict | None = None, **spec: Any) -> api.TrainingJob:
+    body: dict[str, Any] = {
+        "metadata": {"name": "iris", "namespace": "ml", "uid": "0123456789abcdef", "generation": 1},
+        "spec": {
+            "dataset": {"builtin": "iris"},
+            "estimator": {"class": "sklearn.linear_model.LogisticRegression"},
+            "workers": workers,
+            **spec,
+        },
+    }
+    if grid is not None or workers > 1:
+        body["spec"]["search"] = {"grid": grid or {"C": [0.01, 0.1, 1.0, 10.0, 100.0]}}
+    return api.TrainingJob.model_validate(body)
+
+
+def supervision(**kw: Any) -> dict[str, Any]:
+    return {"supervision": kw}
+
+
+class World:
+    """Pods as a shell would observe them, and the job as the API server stores it."""
+
+    def __init__(self, job: api.TrainingJob) -> None:
+        self.job = job
+        self.pods: dict[str, ObservedPod] = {}
+        self.plans: list[Plan] = []
+
+    # the kubelet and the user
+    def set(self, name: str, **changes: Any) -> None:
+        self.pods[name] = dataclasses.replace(self.pods[name], **changes)
+
+    def run(self, name: str) -> None:
+        self.set(name, phase="Running")
+
+    def succeed(self, name: str) -> None:
+        self.set(name, phase="Succeeded", exit_code=0, reason="Completed")
+
+    def fail(self, name: str, code: int | None = 1, reason: str | None = "Error", **kw: Any) -> None:
+        self.set(name, phase="Failed", exit_code=code, reason=reason, **kw)
+
+    def finish_deletions(self) -> None:
+        for name in [n for n, p in self.pods.items() if p.deleting]:
+            del self.pods[name]
+
+    def alive(self) -> list[ObservedPod]:
+        return [p for p in self.pods.values() if p.phase in ALIVE]
+
+    # the shell
+    def observe(self) -> list[ObservedPod]:
+        return sorted(self.pods.values(), key=lambda p: p.name)
+
+    def reconcile(self, now: float, **kw: Any) -> Plan:
+        plan = plan_training(self.job, self.observe(), now, CONFIG, **kw)
+        self.plans.append(plan)
+        for a in plan.actions:
+            if isinstance(a, CreatePod):
+                meta = a.manifest["metadata"]
+                assert meta["name"] not in self.pods, f"{meta['name']} created twice"
+                self.pods[meta["name"]] = ObservedPod(
+                    name=meta["name"],
+                    index=parse_worker_index(meta["labels"][LABEL_WORKER_INDEX]),
+                    attempt=int(meta["labels"][LABEL_ATTEMPT]),
+                )
+            elif isinstance(a, DeletePod):
+                if a.name in self.pods:
+                    self.set(a.name, deleting=True)
+        assert plan.status is not None
+        # The status goes through its wire form, as it does through the API server.
+        wire = {**self.job.model_dump(mode="json", by_alias=True, exclude={"status"}), "status": plan.status.to_wire()}
+        self.job = api.TrainingJob.model_validate(wire)
+        return plan
+
+    @property
+    def status(self) -> api.TrainingJobStatus:
+        assert self.job.status is not None
+        return self.job.status
+
+
+def creates(plan: Plan) -> list[str]:
+    return [a.manifest["metadata"]["name"] for a in plan.actions if isinstance(a, CreatePod)]
+
+
+def deletes(plan: Plan) -> list[str]:
+    return [a.name for a in plan.actions if isinstance(a, DeletePod)]
+
+
+def events(plan: Plan) -> list[tuple[str, str]]:
+    return [(a.type, a.reason) for a in plan.actions if isinstance(a, RecordEvent)]
+
+
+def cond(status: api.TrainingJobStatus, type_: str) -> api.Condition:
+    c = find_condition(status.conditions, type_)
+    assert c is not None, f"no {type_} condition in {[c.type for c in status.conditions]}"
+    return c
+
+
+def worker(status: api.TrainingJobStatus, index: int) -> api.WorkerStatus:
+    if index == SELECT_INDEX:
+        assert status.select is not None
+        return status.select
+    return status.workers[index]
+
+
+# --------------------------------------------------------------------------- happy paths
+
+
+def test_first_reconcile_creates_the_worker_and_fixes_the_version() -> None:
+    w = World(make_job())
+    plan = w.reconcile(T0)
+    assert creates(plan) == ["iris-worker-0-1"]
+    assert events(plan) == [("Normal", "Created")]
+    st_ = w.status
+    assert st_.version == "01234567-1"
+    assert st_.phase == api.TrainingPhase.RUNNING
+    assert st_.observed_generation == 1
+    assert to_timestamp(st_.start_time) == T0
+    assert cond(st_, "Created").status == "True" and cond(st_, "Running").status == "True"
+    assert st_.workers_summary == "0/1"
+    args = plan.actions[0].manifest["spec"]["containers"][0]["args"]
+    assert args == ["--worker-index", "0", "--workers", "1"]
+
+
+def test_replaying_the_first_reconcile_creates_nothing_and_changes_nothing() -> None:
+    job = make_job(workers=2)
+    first = plan_training(job, [], T0, CONFIG)
+    again = plan_training(job.model_copy(update={"status": first.status}), [], T0 + 3, CONFIG)
+    assert len(creates(first)) == 2
+    assert again.actions == ()
+    assert again.status == first.status
+
+
+def test_plain_job_succeeds_with_the_artifact_metadata() -> None:
+    w = World(make_job())
+    w.reconcile(T0)
+    w.run("iris-worker-0-1")
+    assert w.reconcile(T0 + 1).actions == ()
+    assert w.status.workers[0].phase == api.WorkerPhase.RUNNING
+    w.succeed("iris-worker-0-1")
+    meta = {
+        "version": "01234567-1",
+        "metrics": {"accuracy": 0.97, "f1_macro": 0.96},
+        "score_name": "accuracy",
+        "best_params": None,
+        "sklearn_version": "1.9.1",
+    }
+    plan = w.reconcile(T0 + 30, artifact_metadata=meta)
+    st_ = w.status
+    assert st_.phase == api.TrainingPhase.SUCCEEDED
+    assert st_.model is not None
+    assert st_.model.uri == "pvc://mlvisor-models/ml/iris/01234567-1/"
+    assert st_.model.version == "01234567-1"
+    assert st_.model.metrics == {"accuracy": 0.97, "f1_macro": 0.96}
+    assert st_.model.score == 0.97 and st_.model.sklearn_version == "1.9.1"
+    assert to_timestamp(st_.completion_time) == T0 + 30
+    assert cond(st_, "Succeeded").status == "True" and cond(st_, "Running").status == "False"
+    assert events(plan) == [("Normal", "Succeeded")]
+    assert st_.workers_summary == "1/1"
+    assert creates(plan) == [] and deletes(plan) == []
+
+
+def test_succeeded_without_metadata_leaves_metrics_empty() -> None:
+    w = World(make_job())
+    w.reconcile(T0)
+    w.succeed("iris-worker-0-1")
+    w.reconcile(T0 + 5)
+    assert w.status.model is not None and w.status.model.metrics == {} and w.status.model.score is None
+
+
+# --------------------------------------------------------------------------- restarts
+
+
+def test_exit_1_restarts_after_backoff_with_attempt_2() -> None:
+    w = World(make_job(**supervision(backoff={"initialSeconds": 4, "factor": 2, "maxSeconds": 60})))
+    w.reconcile(T0)
+    w.run("iris-worker-0-1")
+    w.reconcile(T0 + 1)
+    w.fail("iris-worker-0-1", code=1)
+    plan = w.reconcile(T0 + 10)
+    assert creates(plan) == []
+    assert deletes(plan) == []  # the failed pod is kept for its logs
+    assert plan.requeue_after == pytest.approx(4)
+    assert events(plan) == [("Warning", "Restarting")]
+    restart_msg = next(a.message for a in plan.actions if isinstance(a, RecordEvent))
+    assert "1 restarts within 60s, maxRestarts is 3" in restart_msg
+    st_ = w.status
+    assert st_.phase == api.TrainingPhase.RESTARTING
+    assert st_.workers[0].phase == api.WorkerPhase.RESTARTING
+    assert to_timestamp(st_.workers[0].restart_at) == T0 + 14
+    assert to_timestamp(st_.supervision.next_restart_time) == T0 + 14
+    assert st_.supervision.restarts_in_window == 1 and st_.supervision.total_restarts == 1
+    assert st_.supervision.last_failure is not None and st_.supervision.last_failure.exit_code == 1
+    assert cond(st_, "Restarting").status == "True"
+
+    early = w.reconcile(T0 + 13.5)
+    assert creates(early) == [] and early.requeue_after == pytest.approx(0.5)
+
+    due = w.reconcile(T0 + 14)
+    assert creates(due) == ["iris-worker-0-2"]
+    assert w.status.workers[0].attempt == 2 and w.status.workers[0].pod == "iris-worker-0-2"
+    assert w.status.phase == api.TrainingPhase.RUNNING
+    assert cond(w.status, "Restarting").status == "False"
+    assert w.status.workers[0].last_exit_code == 1
+
+
+def test_exit_2_fails_at_once_by_failure_policy() -> None:
+    w = World(make_job())
+    w.reconcile(T0)
+    w.fail("iris-worker-0-1", code=2)
+    plan = w.reconcile(T0 + 2)
+    assert creates(plan) == []
+    assert w.status.phase == api.TrainingPhase.FAILED
+    assert cond(w.status, "Failed").reason == "FailurePolicy"
+    assert events(plan) == [("Warning", "FailurePolicy")]
+    assert w.status.workers[0].phase == api.WorkerPhase.FAILED
+    assert w.status.supervision.restart_times == []
+
+
+def test_eviction_restarts_at_once_without_counting() -> None:
+    w = World(make_job())
+    w.reconcile(T0)
+    w.run("iris-worker-0-1")
+    w.fail("iris-worker-0-1", code=None, reason="Evicted")
+    plan = w.reconcile(T0 + 1)
+    assert creates(plan) == ["iris-worker-0-2"]
+    assert w.status.supervision.restart_times == []
+    assert w.status.supervision.total_restarts == 1
+    assert w.status.supervision.last_failure.action == api.FailureAction.IGNORE
+
+
+def test_disruption_target_condition_is_ignored_too() -> None:
+    w = World(make_job())
+    w.reconcile(T0)
+    w.fail("iris-worker-0-1", code=137, reason="Error", conditions=frozenset({"DisruptionTarget"}))
+    assert creates(w.reconcile(T0 + 1)) == ["iris-worker-0-2"]
+    assert w.status.supervision.restarts_in_window == 0
+
+
+def three_workers(strategy: str) -> World:
+    w = World(
+        make_job(workers=3, **supervision(strategy=strategy, backoff={"initialSeconds": 5, "maxSeconds": 5}))
+    )
+    w.reconcile(T0)
+    for i in range(3):
+        w.run(f"iris-worker-{i}-1")
+    w.reconcile(T0 + 1)
+    return w
+
+
+@pytest.mark.parametrize(
+    ("strategy", "restarted", "kept"),
+    [
+        ("OneForOne", [1], [0, 2]),
+        ("OneForAll", [0, 1, 2], []),
+        ("RestForOne", [1, 2], [0]),
+    ],
+)
+def test_strategies_restart_the_right_workers(strategy: str, restarted: list[int], kept: list[int]) -> None:
+    w = three_workers(strategy)
+    w.fail("iris-worker-1-1", code=1)
+    plan = w.reconcile(T0 + 2)
+    assert sorted(deletes(plan)) == [f"iris-worker-{i}-1" for i in restarted if i != 1]
+    for i in restarted:
+        assert w.status.workers[i].phase == api.WorkerPhase.RESTARTING
+    for i in kept:
+        assert w.status.workers[i].phase == api.WorkerPhase.RUNNING
+    assert w.status.supervision.restarts_in_window == 1  # a group restart counts once
+    # The killed peers report failures; they are the supervisor's doing, not counted.
+    for i in restarted:
+        if i != 1:
+            w.fail(f"iris-worker-{i}-1", code=137, reason="Error")
+    w.reconcile(T0 + 3)
+    assert w.status.supervision.restarts_in_window == 1
+    w.finish_deletions()
+    plan = w.reconcile(T0 + 7)
+    assert sorted(creates(plan)) == [f"iris-worker-{i}-2" for i in restarted]
+    for i in kept:
+        assert w.status.workers[i].attempt == 1
+
+
+def test_one_for_all_reruns_a_worker_that_already_succeeded() -> None:
+    w = three_workers("OneForAll")
+    w.succeed("iris-worker-0-1")
+    w.reconcile(T0 + 2)
+    assert w.status.workers[0].phase == api.WorkerPhase.SUCCEEDED
+    w.fail("iris-worker-2-1", code=1)
+    w.reconcile(T0 + 3)
+    assert w.status.workers[0].phase == api.WorkerPhase.RESTARTING
+    w.finish_deletions()
+    plan = w.reconcile(T0 + 8)
+    assert "iris-worker-0-2" in creates(plan)
+
+
+def test_new_attempt_waits_until_the_old_pod_is_gone() -> None:
+    w = three_workers("OneForAll")
+    w.fail("iris-worker-0-1", code=1)
+    w.reconcile(T0 + 2)  # deletes workers 1 and 2, which keep terminating
+    plan = w.reconcile(T0 + 7)
+    assert creates(plan) == ["iris-worker-0-2"]  # its old pod is finished; the others are not
+    assert plan.requeue_after is not None
+    assert all(len([p for p in w.alive() if p.index == i]) <= 1 for i in range(3))
+    w.finish_deletions()
+    plan = w.reconcile(T0 + 8)
+    assert sorted(creates(plan)) == ["iris-worker-1-2", "iris-worker-2-2"]
+
+
+def test_fourth_failure_in_window_escalates_and_stops_the_rest_highest_index_first() -> None:
+    w = World(make_job(workers=3, **supervision(maxRestarts=3, periodSeconds=60, backoff={"initialSeconds": 0})))
+    w.reconcile(T0)
+    for i in range(3):
+        w.run(f"iris-worker-{i}-1")
+    t = T0
+    for attempt in range(1, 4):
+        t += 5
+        w.fail(f"iris-worker-0-{attempt}", code=1)
+        plan = w.reconcile(t)
+        assert creates(plan) == [f"iris-worker-0-{attempt + 1}"]
+        w.run(f"iris-worker-0-{attempt + 1}")
+    assert w.status.supervision.restarts_in_window == 3
+    w.fail("iris-worker-0-4", code=1)
+    plan = w.reconcile(t + 5)
+    assert creates(plan) == []
+    assert deletes(plan) == ["iris-worker-2-1", "iris-worker-1-1"]
+    st_ = w.status
+    assert st_.phase == api.TrainingPhase.FAILED
+    failed = cond(st_, "Failed")
+    assert failed.reason == "RestartIntensityExceeded"
+    assert "4 restarts within 60s, maxRestarts is 3" in failed.message
+    assert events(plan) == [("Warning", "RestartIntensityExceeded")]
+    assert len(st_.supervision.restart_times) == 4  # maxRestarts + 1
+    # Terminal and sticky: nothing starts again, whatever happens to the pods.
+    w.finish_deletions()
+    for k in range(3):
+        later = w.reconcile(t + 100 + k * 1000)
+        assert creates(later) == []
+        assert w.status.phase == api.TrainingPhase.FAILED
+
+
+def test_failures_spread_beyond_the_period_never_escalate() -> None:
+    w = World(make_job(**supervision(maxRestarts=1, periodSeconds=10, backoff={"initialSeconds": 0})))
+    w.reconcile(T0)
+    t = T0
+    for attempt in range(1, 6):
+        t += 10.000001
+        w.fail(f"iris-worker-0-{attempt}", code=1)
+        assert creates(w.reconcile(t)) == [f"iris-worker-0-{attempt + 1}"]
+    assert w.status.phase == api.TrainingPhase.RUNNING
+    assert w.status.supervision.total_restarts == 5
+
+
+def test_the_window_boundary_survives_the_trip_through_status() -> None:
+    """OTP counts a restart exactly periodSeconds old: the stored time must compare exactly."""
+    w = World(make_job(**supervision(maxRestarts=1, periodSeconds=10, backoff={"initialSeconds": 0})))
+    t1 = T0 + 0.123457
+    w.reconcile(T0)
+    w.fail("iris-worker-0-1", code=1)
+    w.reconcile(t1)
+    w.fail("iris-worker-0-2", code=1)
+    w.reconcile(t1 + 10)  # exactly on the boundary: still inside the window -> escalate
+    assert w.status.phase == api.TrainingPhase.FAILED
+    assert cond(w.status, "Failed").reason == "RestartIntensityExceeded"
+
+
+def test_temporary_workers_are_never_restarted() -> None:
+    w = World(make_job(**supervision(restart="Temporary")))
+    w.reconcile(T0)
+    w.fail("iris-worker-0-1", code=1)
+    w.reconcile(T0 + 1)
+    assert cond(w.status, "Failed").reason == "TemporaryChildFailed"
+
+
+def test_permanent_workers_restart_after_success_until_the_window_is_exceeded() -> None:
+    w = World(make_job(**supervision(restart="Permanent", maxRestarts=1, backoff={"initialSeconds": 0})))
+    w.reconcile(T0)
+    w.succeed("iris-worker-0-1")
+    assert creates(w.reconcile(T0 + 1)) == ["iris-worker-0-2"]
+    w.succeed("iris-worker-0-2")
+    w.reconcile(T0 + 2)
+    assert cond(w.status, "Failed").reason == "RestartIntensityExceeded"
+
+
+def test_a_replayed_failure_is_counted_once() -> None:
+    w = World(make_job(**supervision(backoff={"initialSeconds": 30, "maxSeconds": 30})))
+    w.reconcile(T0)
+    w.fail("iris-worker-0-1", code=1)
+    first = w.reconcile(T0 + 1)
+    for k in range(5):  # the operator restarts and sees the same failed pod again
+        again = w.reconcile(T0 + 2 + k)
+        assert creates(again) == [] and events(again) == []
+    assert w.status.supervision.total_restarts == 1
+    assert w.status.supervision.restart_times == first.status.supervision.restart_times
+
+
+def test_a_running_pod_that_vanishes_is_a_failure() -> None:
+    w = World(make_job(**supervision(backoff={"initialSeconds": 0})))
+    w.reconcile(T0)
+    w.run("iris-worker-0-1")
+    w.reconcile(T0 + 1)
+    del w.pods["iris-worker-0-1"]
+    plan = w.reconcile(T0 + 2)
+    assert creates(plan) == ["iris-worker-0-2"]
+    assert w.status.supervision.last_failure.reason == "PodLost"
+
+
+def test_a_pod_created_before_a_lost_status_write_is_adopted() -> None:
+    w = World(make_job(**supervision(backoff={"initialSeconds": 5})))
+    w.reconcile(T0)
+    w.fail("iris-worker-0-1", code=1)
+    w.reconcile(T0 + 1)
+    stale_job = w.job
+    w.reconcile(T0 + 6)  # creates attempt 2 ...
+    w.job = stale_job  # ... but the status patch was lost
+    w.run("iris-worker-0-2")
+    plan = w.reconcile(T0 + 7)
+    assert creates(plan) == []
+    assert w.status.workers[0].attempt == 2 and w.status.workers[0].phase == api.WorkerPhase.RUNNING
+
+
+def test_an_alive_pod_of_an_older_attempt_is_deleted() -> None:
+    w = World(make_job(**supervision(backoff={"initialSeconds": 0}, failurePolicy=[])))
+    w.reconcile(T0)
+    w.fail("iris-worker-0-1", code=1)
+    w.reconcile(T0 + 1)
+    # An old attempt shows up running again (a replayed or stale watch event).
+    w.pods["iris-worker-0-1"] = dataclasses.replace(w.pods["iris-worker-0-1"], phase="Running")
+    plan = w.reconcile(T0 + 2)
+    assert deletes(plan) == ["iris-worker-0-1"]
+    assert w.status.supervision.total_restarts == 1
+
+
+# --------------------------------------------------------------------------- search
+
+
+def test_search_runs_the_select_step_after_every_shard() -> None:
+    w = World(make_job(workers=2, **supervision(backoff={"initialSeconds": 3, "maxSeconds": 3})))
+    plan = w.reconcile(T0)
+    assert creates(plan) == ["iris-worker-0-1", "iris-worker-1-1"]
+    w.succeed("iris-worker-0-1")
+    assert creates(w.reconcile(T0 + 1)) == []
+    assert w.status.workers_summary == "1/2"
+    w.succeed("iris-worker-1-1")
+    plan = w.reconcile(T0 + 2)
+    assert creates(plan) == ["iris-select-1"]
+    assert ("Normal", "Selecting") in events(plan)
+    select = next(a for a in plan.actions if isinstance(a, CreatePod)).manifest
+    assert select["spec"]["containers"][0]["args"] == ["--select", "--workers", "2"]
+    assert w.status.phase == api.TrainingPhase.RUNNING
+
+    w.fail("iris-select-1", code=1)
+    w.reconcile(T0 + 3)
+    assert w.status.select.phase == api.WorkerPhase.RESTARTING
+    assert [x.phase for x in w.status.workers] == [api.WorkerPhase.SUCCEEDED] * 2  # OneForOne
+    assert creates(w.reconcile(T0 + 6)) == ["iris-select-2"]
+    w.succeed("iris-select-2")
+    plan = w.reconcile(T0 + 9)
+    assert w.status.phase == api.TrainingPhase.SUCCEEDED
+    assert w.status.model.version == "01234567-1"
+
+
+def test_select_failure_under_one_for_all_reruns_every_shard() -> None:
+    w = World(make_job(workers=2, **supervision(strategy="OneForAll", backoff={"initialSeconds": 0})))
+    w.reconcile(T0)
+    w.succeed("iris-worker-0-1")
+    w.succeed("iris-worker-1-1")
+    w.reconcile(T0 + 1)
+    w.fail("iris-select-1", code=1)
+    plan = w.reconcile(T0 + 2)
+    assert sorted(creates(plan)) == ["iris-worker-0-2", "iris-worker-1-2"]
+    assert w.status.select.phase == api.WorkerPhase.RESTARTING
+    w.succeed("iris-worker-0-2")
+    w.succeed("iris-worker-1-2")
+    assert creates(w.reconcile(T0 + 3)) == ["iris-select-2"]
+
+
+def test_more_workers_than_trials_runs_one_worker_per_trial() -> None:
+    w = World(make_job(workers=5, grid={"C": [0.1, 1.0]}))
+    plan = w.reconcile(T0)
+    assert creates(plan) == ["iris-worker-0-1", "iris-worker-1-1"]
+    args = plan.actions[0].manifest["spec"]["containers"][0]["args"]
+    assert args == ["--worker-index", "0", "--workers", "2"]
+    assert w.status.workers_summary == "0/2"
+
+
+# --------------------------------------------------------------------------- time and lifecycle
+
+
+def test_active_deadline_fails_the_job() -> None:
+    w = World(make_job(workers=2, activeDeadlineSeconds=100))
+    w.reconcile(T0)
+    w.run("iris-worker-0-1")
+    w.run("iris-worker-1-1")
+    plan = w.reconcile(T0 + 40)
+    assert plan.requeue_after == pytest.approx(60)
+    plan = w.reconcile(T0 + 100)
+    assert deletes(plan) == ["iris-worker-1-1", "iris-worker-0-1"]
+    assert w.status.phase == api.TrainingPhase.FAILED
+    assert cond(w.status, "Failed").reason == "DeadlineExceeded"
+    assert "activeDeadlineSeconds" in cond(w.status, "Failed").message
+
+
+def test_suspend_and_resume() -> None:
+    w = World(make_job(workers=2, **supervision(backoff={"initialSeconds": 0})))
+    w.reconcile(T0)
+    w.run("iris-worker-0-1")
+    w.succeed("iris-worker-1-1")
+    w.reconcile(T0 + 1)
+    w.job = w.job.model_copy(update={"spec": w.job.spec.model_copy(update={"suspend": True})})
+    plan = w.reconcile(T0 + 2)
+    assert deletes(plan) == ["iris-worker-0-1"]
+    assert ("Normal", "Suspended") in events(plan)
+    assert w.status.phase == api.TrainingPhase.SUSPENDED
+    assert cond(w.status, "Suspended").status == "True"
+    assert w.status.workers[0].phase == api.WorkerPhase.STOPPED
+    assert w.status.workers[1].phase == api.WorkerPhase.SUCCEEDED
+    w.fail("iris-worker-0-1", code=143, reason="Error")  # killed by the delete: not a failure
+    again = w.reconcile(T0 + 3)
+    assert creates(again) == [] and events(again) == []
+    w.finish_deletions()
+
+    w.job = w.job.model_copy(update={"spec": w.job.spec.model_copy(update={"suspend": False})})
+    plan = w.reconcile(T0 + 50)
+    assert creates(plan) == ["iris-worker-0-2"]
+    assert ("Normal", "Resumed") in events(plan)
+    assert w.status.phase == api.TrainingPhase.RUNNING
+    assert cond(w.status, "Suspended").status == "False"
+    assert w.status.supervision.total_restarts == 0 and w.status.supervision.restart_times == []
+    assert to_timestamp(w.status.start_time) == T0 + 50
+
+
+def test_created_suspended_starts_at_attempt_1_on_resume() -> None:
+    w = World(make_job(suspend=True))
+    plan = w.reconcile(T0)
+    assert creates(plan) == [] and w.status.phase == api.TrainingPhase.SUSPENDED
+    assert w.status.start_time is None
+    w.job = w.job.model_copy(update={"spec": w.job.spec.model_copy(update={"suspend": False})})
+    assert creates(w.reconcile(T0 + 5)) == ["iris-worker-0-1"]
+
+
+def test_ttl_after_finished_deletes_the_pods() -> None:
+    w = World(make_job(ttlSecondsAfterFinished=30))
+    w.reconcile(T0)
+    w.succeed("iris-worker-0-1")
+    plan = w.reconcile(T0 + 10)
+    assert plan.requeue_after == pytest.approx(30)
+    assert deletes(w.reconcile(T0 + 39)) == []
+    plan = w.reconcile(T0 + 40)
+    assert deletes(plan) == ["iris-worker-0-1"]
+    assert w.status.phase == api.TrainingPhase.SUCCEEDED and w.status.model is not None
+
+
+def test_an_invalid_spec_fails_without_pods() -> None:
+    grid = {f"p{i}": list(range(10)) for i in range(6)}  # 10^6 combinations
+    w = World(make_job(workers=2, grid=grid))
+    plan = w.reconcile(T0)
+    assert creates(plan) == []
+    assert w.status.phase == api.TrainingPhase.FAILED
+    failed = cond(w.status, "Failed")
+    assert failed.reason == "InvalidSpec" and "spec.search.grid" in failed.message
+    assert events(plan) == [("Warning", "InvalidSpec")]
+    assert creates(w.reconcile(T0 + 10)) == []
+
+
+def test_invalid_spec_status_for_an_unparseable_body() -> None:
+    s = invalid_spec_status("TrainingJob", 4, "spec.estimator.class: must start with sklearn.", T0)
+    assert isinstance(s, api.TrainingJobStatus)
+    assert s.phase == api.TrainingPhase.FAILED and s.observed_generation == 4
+    assert cond(s, "Failed").reason == "InvalidSpec"
+    # A job with that status is terminal for the planner, too.
+    job = make_job().model_copy(update={"status": s})
+    assert creates(plan_training(job, [], T0 + 1, CONFIG)) == []
+
+
+# --------------------------------------------------------------------------- properties
+
+EVENT = st.one_of(
+    st.tuples(st.just("tick"), st.sampled_from([0.0, 0.5, 1.0, 3.0, 20.0, 70.0])),
+    st.tuples(st.just("run"), st.integers(0, 3)),
+    st.tuples(st.just("succeed"), st.integers(0, 3)),
+    st.tuples(
+        st.just("fail"),
+        st.integers(0, 3),
+        st.sampled_from([(1, "Error"), (2, "Error"), (137, "OOMKilled"), (None, "Evicted")]),
+    ),
+    st.tuples(st.just("gone"), st.integers(0, 3)),
+    st.tuples(st.just("vanish"), st.integers(0, 3)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    strategy=st.sampled_from(["OneForOne", "OneForAll", "RestForOne"]),
+    restart=st.sampled_from(["Permanent", "Transient", "Temporary"]),
+    workers=st.integers(1, 3),
+    max_restarts=st.integers(0, 3),
+    initial=st.sampled_from([0.0, 1.0, 5.0]),
+    script=st.lists(EVENT, max_size=25),
+)
+def test_property_replays_never_change_status_nor_duplicate_pods(
+    strategy: str, restart: str, workers: int, max_restarts: int, initial: float, script: list
+) -> None:
+    w = World(
+        make_job(
+            workers=workers,
+            **supervision(
+                strategy=strategy,
+                restart=restart,
+                maxRestarts=max_restarts,
+                periodSeconds=30,
+                backoff={"initialSeconds": initial, "maxSeconds": 10},
+            ),
+        )
+    )
+    now = T0
+    terminal_seen = False
+    w.reconcile(now)
+    for event in script:
+        kind = event[0]
+        live = sorted(w.alive(), key=lambda p: p.name)
+        if kind == "tick":
+            now += event[1]
+        elif kind in ("run", "succeed", "fail", "vanish") and live:
+            pod = live[event[1] % len(live)]
+            if kind == "run":
+                w.run(pod.name)
+            elif kind == "succeed":
+                w.succeed(pod.name)
+            elif kind == "fail":
+                w.fail(pod.name, code=event[2][0], reason=event[2][1])
+            else:
+                del w.pods[pod.name]
+        elif kind == "gone":
+            w.finish_deletions()
+
+        observed = w.observe()
+        before = w.job
+        plan = w.reconcile(now)
+
+        # 1. A replay of the same observation changes nothing and creates nothing.
+        replay = plan_training(w.job, observed, now, CONFIG)
+        assert replay.status == w.job.status
+        assert creates(replay) == []
+        assert set(deletes(replay)) <= set(deletes(plan)) | {p.name for p in observed if p.phase in ALIVE}
+        assert [a for a in replay.actions if isinstance(a, RecordEvent)] == []
+        # ... and neither does a replay of the world after the plan was carried out.
+        settled = plan_training(w.job, w.observe(), now, CONFIG)
+        assert creates(settled) == [] and settled.status == w.job.status
+
+        # 2. Never two live pods for one worker index.
+        for index in {p.index for p in w.pods.values()}:
+            assert len([p for p in w.alive() if p.index == index]) <= 1, w.observe()
+
+        # 3. The restart history stays bounded.
+        assert len(w.status.supervision.restart_times) <= max_restarts + 1
+
+        # 4. Finished is final.
+        if terminal_seen:
+            assert creates(plan) == []
+            assert w.status.phase == before.status.phase
+        terminal_seen = w.status.phase in (api.TrainingPhase.SUCCEEDED, api.TrainingPhase.FAILED)
