@@ -1,0 +1,109 @@
+"""Trainer as real processes: the pod contract (env vars), a killed shard resuming, ``mlvisor train``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlvisor.trainer.artifact import load_artifact, read_metadata
+from mlvisor.trainer.search import CRASH_HOOK_ENV, read_results, shard_path
+
+pytestmark = pytest.mark.slow
+
+SPEC: dict[str, Any] = {
+    "dataset": {"builtin": "iris"},
+    "estimator": {"class": "sklearn.tree.DecisionTreeClassifier", "params": {"random_state": 0}},
+    "search": {"grid": {"max_depth": [1, 2, 3], "min_samples_leaf": [1, 4]}, "cv": 3},
+    "workers": 2,
+}
+
+
+def trainer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MLVISOR_")}
+    return subprocess.run([sys.executable, "-m", "mlvisor.trainer", *args], env={**clean, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def events(proc: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in proc.stderr.splitlines()]
+
+
+def pod_env(out: Path, **extra: str) -> dict[str, str]:
+    return {"MLVISOR_SPEC": json.dumps(SPEC), "MLVISOR_OUTPUT_DIR": str(out),
+            "MLVISOR_MODEL_NAME": "iris-search", "MLVISOR_MODEL_VERSION": "v1",
+            "MLVISOR_WORKERS": "2", **extra}
+
+
+def test_pods_run_two_shards_in_parallel_then_select(tmp_path: Path) -> None:
+    out = tmp_path / "models"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MLVISOR_")}
+    shards = [subprocess.Popen([sys.executable, "-m", "mlvisor.trainer"],
+                               env={**clean, **pod_env(out, MLVISOR_WORKER_INDEX=str(i))},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for i in range(2)]
+    for p in shards:
+        stdout, stderr = p.communicate(timeout=120)
+        assert p.returncode == 0, stderr
+        assert stdout == ""  # a shard writes no artifact
+        assert all(json.loads(line)["worker"] in (0, 1) for line in stderr.splitlines())
+    select = trainer(pod_env(out, MLVISOR_STEP="select"))
+    assert select.returncode == 0, select.stderr
+    assert select.stdout.strip() == str(out / "v1")
+    whole = trainer({**pod_env(tmp_path / "whole"), "MLVISOR_WORKERS": ""})  # one process, all shards
+    assert whole.returncode == 0, whole.stderr
+    sharded, single = read_metadata(out / "v1"), read_metadata(tmp_path / "whole" / "v1")
+    assert sharded.name == "iris-search"
+    assert sharded.best_params == single.best_params
+    assert sharded.metrics == single.metrics and sharded.metrics["accuracy"] >= 0.9
+    assert load_artifact(out / "v1").model.get_params()["max_depth"] == sharded.best_params["max_depth"]  # type: ignore[index]
+
+
+def test_a_killed_shard_resumes_without_redoing_finished_trials(tmp_path: Path) -> None:
+    out = tmp_path / "models"
+    # test-only hook: the process hard-exits (137, as if SIGKILLed) after 2 trials
+    crashed = trainer(pod_env(out, MLVISOR_WORKER_INDEX="0", **{CRASH_HOOK_ENV: "2"}))
+    assert crashed.returncode == 137
+    path = shard_path(out, "v1", 0, 2)
+    assert sorted(read_results(path)) == [0, 2]
+    assert not path.with_suffix(".done").exists()
+
+    resumed = trainer(pod_env(out, MLVISOR_WORKER_INDEX="0"))
+    assert resumed.returncode == 0, resumed.stderr
+    log = events(resumed)
+    assert [e["trial"] for e in log if e["event"] == "trial"] == [4]  # only the unfinished trial
+    assert next(e for e in log if e["event"] == "shard")["resumed"] == 2
+    assert path.with_suffix(".done").exists()
+
+    clean = trainer(pod_env(tmp_path / "clean", MLVISOR_WORKER_INDEX="0"))
+    assert clean.returncode == 0, clean.stderr
+    assert read_results(path) == read_results(shard_path(tmp_path / "clean", "v1", 0, 2))
+
+
+def test_invalid_spec_process_exits_2(tmp_path: Path) -> None:
+    bad = {**SPEC, "estimator": {"class": "sklearn.cluster.KMeans"}}
+    proc = trainer({"MLVISOR_SPEC": json.dumps(bad), "MLVISOR_OUTPUT_DIR": str(tmp_path)})
+    assert proc.returncode == 2
+    last = events(proc)[-1]
+    assert last["event"] == "invalid_spec" and "'sklearn.cluster.KMeans' is not allowed" in last["msg"]
+
+
+def test_mlvisor_train_runs_the_whole_job_and_prints_the_artifact(tmp_path: Path) -> None:
+    import yaml
+
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"apiVersion": "mlvisor.dev/v1alpha1", "kind": "TrainingJob",
+                                   "metadata": {"name": "iris-search"}, "spec": SPEC}))
+    proc = subprocess.run([sys.executable, "-m", "mlvisor.operator.cli", "train", str(job),
+                           "--output", str(tmp_path / "out"), "--version", "h1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "out" / "h1")
+    meta = read_metadata(tmp_path / "out" / "h1")
+    assert meta.name == "iris-search" and meta.search is not None and meta.search["trials"] == 6
+    assert [e["event"] for e in events(proc)][-1] == "artifact_written"
