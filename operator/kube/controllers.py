@@ -1,0 +1,250 @@
+"""The two reconcilers: gather the facts about one resource, ask its planner, apply the plan.
+
+Level-triggered, in kubebuilder's shape: read the resource fresh from the API (never trust an
+event's copy), list its children, turn them into observed values, call the pure planner with
+``now``, carry out the plan, and return when to look again. Nothing here decides anything a
+user could see: that is the planners' job, and the same planners drive the local runtime.
+
+What only the Kubernetes shell can say is said here: a resource whose body does not parse
+(or that names a ``file://`` model, which a pod cannot reach) gets the InvalidSpec status and
+one Warning Event per generation, and is then left alone until its spec changes; it never
+becomes an exception that kopf would retry forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pydantic
+
+from mlvisor.operator import api, builders
+from mlvisor.operator.kube import client
+from mlvisor.operator.kube.adapter import Applied, PlanApplier, became_true
+from mlvisor.operator.kube.client import ApiError, Kube
+from mlvisor.operator.kube.logs import fields
+from mlvisor.operator.kube.metrics import Metrics
+from mlvisor.operator.kube.observe import is_controlled_by, observe_deployment, observe_pod, termination_summary
+from mlvisor.operator.reconcile import conditions, plan as p
+from mlvisor.operator.reconcile.training import plan_training
+
+logger = logging.getLogger(__name__)
+
+TRAINING = "TrainingJob"
+SERVING = "ModelServer"
+
+Key = tuple[str, str, str]
+"""(kind, namespace, name) of a TrainingJob or ModelServer."""
+
+
+def describe_validation_error(kind: str, error: pydantic.ValidationError) -> str:
+    """'spec.estimator.class: String should match pattern ...' for the first few errors."""
+    parts = []
+    for e in error.errors()[:3]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "__root__") or "spec"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    more = f" (and {error.error_count() - 3} more)" if error.error_count() > 3 else ""
+    return f"invalid {kind}: " + "; ".join(parts) + more + ". Fix the resource and apply it again."
+
+
+def _wire_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the api models parse: the resource without server-managed metadata noise."""
+    meta = body.get("metadata") or {}
+    keep = {k: meta[k] for k in ("name", "namespace", "uid", "generation", "labels", "annotations") if k in meta}
+    out: dict[str, Any] = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": keep}
+    if "spec" in body:
+        out["spec"] = body["spec"]
+    if body.get("status"):
+        out["status"] = body["status"]
+    return out
+
+
+def parse_resource(
+    model: type[api.TrainingJob] | type[api.ModelServer], body: Mapping[str, Any]
+) -> tuple[Any, str | None]:
+    """(resource, None) or (None, message naming the field) when the spec is invalid.
+
+    A status that does not parse (written by another version) is dropped with a warning
+    rather than failing the resource: the spec is what the user is responsible for.
+    """
+    wire = _wire_body(body)
+    try:
+        return model.model_validate(wire), None
+    except pydantic.ValidationError as e:
+        if all((err.get("loc") or ("",))[0] == "status" for err in e.errors()):
+            logger.warning("ignoring a status that does not parse: %s", e)
+            wire.pop("status", None)
+            try:
+                return model.model_validate(wire), None
+            except pydantic.ValidationError as e2:
+                e = e2
+        return None, describe_validation_error(str(body.get("kind")), e)
+
+
+def _previous_status(model: type[pydantic.BaseModel], body: Mapping[str, Any]) -> Any:
+    try:
+        return model.model_validate(body.get("status") or {})
+    except pydantic.ValidationError:
+        return None
+
+
+class Controllers:
+    """Both reconcilers of one operator process; ``reconcile(key, since)`` is the work queue's callback."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        config: p.OperatorConfig,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kube = kube
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.applier = PlanApplier(kube, clock)
+
+    async def reconcile(self, key: Any, since: float | None) -> float | None:
+        kind, namespace, name = key
+        try:
+            if kind == TRAINING:
+                result, again = await self.reconcile_training(namespace, name, since)
+            else:
+                result, again = await self.reconcile_serving(namespace, name, since)
+        except Exception:
+            self.metrics.reconciles.labels(kind, "error").inc()
+            raise
+        self.metrics.reconciles.labels(kind, result).inc()
+        return again
+
+    # ------------------------------------------------------------------ TrainingJob
+
+    async def reconcile_training(self, namespace: str, name: str, since: float | None) -> tuple[str, float | None]:
+        path = client.group_path(api.GROUP, api.VERSION, api.PLURALS[TRAINING], namespace, name)
+        body = await self._get_or_none(path)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return "gone", None  # children go with it (ownerReferences)
+        job, problem = parse_resource(api.TrainingJob, body)
+        if problem is not None:
+            await self._invalid(body, api.TrainingJobStatus, problem, since)
+            return "invalid", None
+        pods = [
+            pod
+            for pod in await self.kube.list(
+                client.core_path("pods", namespace),
+                f"{p.LABEL_MANAGED_BY}={p.MANAGED_BY},{p.LABEL_INSTANCE}={name}",
+            )
+            if is_controlled_by(pod, body["metadata"].get("uid"))
+        ]
+        observed = [observe_pod(pod) for pod in pods]
+        plan = plan_training(job, observed, self.clock(), self.config, artifact_metadata=termination_summary(pods))
+        applied = await self.applier.apply(body, plan)
+        self._count(TRAINING, body, plan, applied, since)
+        return "ok", plan.requeue_after
+
+    # ------------------------------------------------------------------ ModelServer
+
+    async def reconcile_serving(self, namespace: str, name: str, since: float | None) -> tuple[str, float | None]:
+        path = client.group_path(api.GROUP, api.VERSION, api.PLURALS[SERVING], namespace, name)
+        body = await self._get_or_none(path)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return "gone", None
+        server, problem = parse_resource(api.ModelServer, body)
+        if problem is None and server.spec.model.uri and server.spec.model.uri.startswith("file://"):
+            problem = (
+                f"invalid ModelServer: spec.model.uri: {server.spec.model.uri} is a file:// URI, which pods "
+                "cannot reach on Kubernetes. Use pvc://<claim>/<path>/ or spec.model.trainingJobRef."
+            )
+        if problem is not None:
+            await self._invalid(body, api.ModelServerStatus, problem, since)
+            return "invalid", None
+        uid = body["metadata"].get("uid")
+        deployment_body = await self._get_or_none(
+            client.group_path("apps", "v1", "deployments", namespace, name)
+        )
+        deployment = (
+            observe_deployment(deployment_body)
+            if deployment_body is not None and is_controlled_by(deployment_body, uid)
+            else None
+        )
+        selector = ",".join(f"{k}={v}" for k, v in builders.server_selector(server).items())
+        pods = await self.kube.list(client.core_path("pods", namespace), selector)
+        observed = [observe_pod(pod) for pod in pods]
+        source = await self._model_source(server)
+        from mlvisor.operator.reconcile.serving import plan_serving
+
+        plan = plan_serving(server, deployment, observed, source, self.clock(), self.config)
+        applied = await self.applier.apply(body, plan)
+        self._count(SERVING, body, plan, applied, since)
+        return "ok", plan.requeue_after
+
+    async def _model_source(self, server: api.ModelServer) -> p.ModelRef | None:
+        """The model the spec points at now: the referenced job's status.model, or the URI."""
+        if server.spec.model.uri:
+            return p.ModelRef(uri=server.spec.model.uri, version=builders.version_of(server.spec.model.uri))
+        ref = server.spec.model.training_job_ref
+        if ref is None:
+            return None
+        path = client.group_path(api.GROUP, api.VERSION, api.PLURALS[TRAINING], server.metadata.namespace, ref.name)
+        job = await self._get_or_none(path)
+        model = ((job or {}).get("status") or {}).get("model") or {}
+        if not model.get("uri") or not model.get("version"):
+            return None
+        return p.ModelRef(uri=str(model["uri"]), version=str(model["version"]))
+
+    # ------------------------------------------------------------------ shared
+
+    async def _get_or_none(self, path: str) -> dict[str, Any] | None:
+        try:
+            return await self.kube.get(path)
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def _invalid(
+        self, body: Mapping[str, Any], status_model: type[pydantic.BaseModel], message: str, since: float | None
+    ) -> None:
+        """InvalidSpec status plus one Warning Event per generation; no retry until the spec changes."""
+        kind = str(body["kind"])
+        meta = body["metadata"]
+        previous = _previous_status(status_model, body)
+        status = conditions.invalid_spec_status(kind, meta.get("generation"), message, self.clock(), previous=previous)
+        applied = Applied()
+        await self.applier.write_status(body, status.to_wire(), applied)
+        if applied.status_written:
+            await self.applier.record_event(body, "Warning", "InvalidSpec", message, applied)
+            self.metrics.escalations.labels(kind, "InvalidSpec").inc()
+            self._latency(applied, since)
+        else:
+            logger.debug("still invalid", extra=fields(kind, meta["namespace"], meta["name"]))
+
+    def _count(self, kind: str, body: Mapping[str, Any], plan: p.Plan, applied: Applied, since: float | None) -> None:
+        """Metrics of what was carried out, read off the status transition that was written."""
+        self._latency(applied, since)
+        if plan.status is None or not applied.status_written:
+            return
+        old = body.get("status") or {}
+        new = plan.status.to_wire()
+        old_total = int(((old.get("supervision") or {}).get("totalRestarts")) or 0)
+        new_total = int(((new.get("supervision") or {}).get("totalRestarts")) or 0)
+        if new_total > old_total:
+            self.metrics.restarts.labels(kind).inc(new_total - old_total)
+        failed = became_true(old, new, "Failed")
+        if failed is not None:
+            self.metrics.escalations.labels(kind, str(failed.get("reason") or "Failed")).inc()
+        if kind == SERVING and became_true(old, new, "RolledBack") is not None:
+            self.metrics.rollbacks.inc()
+
+    def _latency(self, applied: Applied, since: float | None) -> None:
+        if since is not None and applied.first_write_at is not None:
+            self.metrics.event_to_action.observe(max(0.0, applied.first_write_at - since))
+
+
+def retry_delay(error: BaseException) -> float | None:
+    """How soon the queue retries a failed reconcile: at once after a write conflict."""
+    if isinstance(error, ApiError) and error.status == 409:
+        return 0.05
+    return None
