@@ -108,3 +108,14 @@ def test_search_over_two_workers_picks_the_same_best_params_as_one_process(mlvis
     assert sharded["model"]["bestParams"] == single["model"]["bestParams"]
     assert sharded["model"]["metrics"] == single["model"]["metrics"]
     run.assert_no_orphans()
+
+
+def test_ctrl_c_while_workers_run_stops_them_all(mlvisor_run, samples: Path, tmp_path: Path) -> None:
+    spec = write_yaml(tmp_path / "search.yaml", (samples / "search.yaml").read_text())
+    run = mlvisor_run(spec)
+    run.wait_for("both workers running",
+                 lambda s: sum(p["running"] for p in run.pids()) == 2 and s)
+    assert run.interrupt() == 130
+    job = _job(run.status(), "iris-search")
+    assert job["phase"] != "Succeeded"
+    run.assert_no_orphans()
