@@ -1,0 +1,305 @@
+"""Serving benchmark: mlvisor vs MLServer on the same model, payload, host and load generator.
+
+Usage (from the repository root):
+
+    .venv/bin/python bench/serving.py [--duration 10] [--rounds 3] [--write-readme]
+
+What it does:
+
+1. Makes sure the peers exist: MLServer 1.7.1 + mlserver-sklearn in its own virtual
+   environment (``bench/.mlserver-venv``; it pins an older FastAPI and needs ``uvloop<0.20``),
+   and ``wrk`` (``apt-get install -y wrk``).
+2. Trains RandomForestClassifier(n_estimators=100, random_state=0) and LogisticRegression on
+   iris, writes each as an mlvisor artifact (skops) and as an MLServer model (joblib of the
+   *same* fitted object).
+3. Starts both servers (one model at a time), adaptive batching on with the same limits
+   (64 rows, 5 ms), and drives them with wrk (1 thread, one single-row V2 infer body asking
+   for ``predict``, read from the same file) at concurrency 1, 8, 32, 128, alternating the two
+   servers point by point and round by round. Each point: 2 s warm-up, then ``--duration`` s.
+4. Prints a table of req/s and p50/p99 latency (median over rounds) and the ratios, saves the
+   raw numbers in ``bench/results/``, and with ``--write-readme`` replaces the table in
+   bench/README.md between the ``serving:begin``/``serving:end`` markers.
+
+Not a test: numbers depend on the machine (both servers and wrk share its cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+MLSERVER_VENV = BENCH / ".mlserver-venv"
+MLSERVER_PINS = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.20"]
+RESULTS = BENCH / "results"
+LUA = BENCH / "wrk_v2.lua"
+CONCURRENCY = (1, 8, 32, 128)
+MAX_BATCH_SIZE = 64
+MAX_LATENCY_MS = 5
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- peers
+def ensure_mlserver() -> Path:
+    exe = MLSERVER_VENV / "bin" / "mlserver"
+    if exe.exists():
+        return exe
+    import sklearn
+
+    log(f"installing {' '.join(MLSERVER_PINS)} into {MLSERVER_VENV}")
+    subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True)
+    pip = [str(MLSERVER_VENV / "bin" / "pip"), "install", "-q"]
+    # the same scikit-learn as ours, so the joblib file unpickles to the same model
+    subprocess.run(pip + MLSERVER_PINS + [f"scikit-learn=={sklearn.__version__}"], check=True)
+    return exe
+
+
+def ensure_wrk() -> str:
+    wrk = shutil.which("wrk")
+    if wrk:
+        return wrk
+    log("installing wrk with apt-get")
+    if subprocess.run(["apt-get", "install", "-y", "wrk"], capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update"], check=True, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, capture_output=True)
+    wrk = shutil.which("wrk")
+    assert wrk, "wrk is not installed"
+    return wrk
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- models
+def prepare_models(work: Path) -> dict[str, dict]:
+    """Fit each model once; write the mlvisor artifact and the MLServer model dir of the same object."""
+    import joblib
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    sys.path.insert(0, str(REPO))
+    from tests.helpers.artifacts import build_artifact  # the trainer's artifact format, written for tests too
+
+    models = {
+        "RandomForest(100)": RandomForestClassifier(n_estimators=100, random_state=0),
+        "LogisticRegression": LogisticRegression(max_iter=1000),
+    }
+    out = {}
+    for label, est in models.items():
+        key = "rf" if label.startswith("Random") else "lr"
+        path, fitted, _ = build_artifact(work / "mlvisor" / key, est, name=f"iris-{key}", version="v1")
+        ms = work / "mlserver" / key / f"iris-{key}"  # one model per MLServer root
+        ms.mkdir(parents=True)
+        joblib.dump(fitted, ms / "model.joblib")
+        (ms / "model-settings.json").write_text(json.dumps({
+            "name": f"iris-{key}",
+            "implementation": "mlserver_sklearn.SKLearnModel",
+            "max_batch_size": MAX_BATCH_SIZE,
+            "max_batch_time": MAX_LATENCY_MS / 1000,
+            "parameters": {"uri": "./model.joblib", "version": "v1"},
+        }))
+        out[label] = {"key": key, "artifact": path, "mlserver_dir": ms, "name": f"iris-{key}"}
+    return out
+
+
+# ----------------------------------------------------------------------------- servers
+class Proc:
+    def __init__(self, name: str, argv: list[str], env: dict, url_ready: str, log_path: Path, cwd: Path) -> None:
+        self.name, self.url_ready = name, url_ready
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self._log.name}")
+            try:
+                with urllib.request.urlopen(self.url_ready, timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready after {timeout}s; see {self._log.name}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+
+
+def start_mlvisor(m: dict, logs: Path) -> tuple[Proc, str]:
+    port = free_port()
+    env = dict(os.environ, MLVISOR_MODEL_DIR=str(m["artifact"]), MLVISOR_HOST="127.0.0.1",
+               MLVISOR_PORT=str(port), MLVISOR_MAX_BATCH_SIZE=str(MAX_BATCH_SIZE),
+               MLVISOR_MAX_LATENCY_MS=str(MAX_LATENCY_MS), MLVISOR_LOG_LEVEL="warning")
+    base = f"http://127.0.0.1:{port}"
+    p = Proc("mlvisor", [sys.executable, "-m", "mlvisor.server"], env, base + "/v2/health/ready",
+             logs / f"mlvisor-{m['key']}.log", REPO)
+    return p, f"{base}/v2/models/{m['name']}/infer"
+
+
+def start_mlserver(m: dict, exe: Path, logs: Path) -> tuple[Proc, str]:
+    port, grpc, mport = free_port(), free_port(), free_port()
+    root = m["mlserver_dir"].parent
+    (root / "settings.json").write_text(json.dumps({
+        "http_port": port, "grpc_port": grpc, "metrics_port": mport, "metrics_endpoint": None,
+        "host": "127.0.0.1", "debug": False, "logging_level": "WARNING",
+    }))
+    env = dict(os.environ, PATH=f"{exe.parent}:{os.environ['PATH']}")
+    base = f"http://127.0.0.1:{port}"
+    p = Proc("mlserver", [str(exe), "start", str(root)], env, f"{base}/v2/models/{m['name']}/ready",
+             logs / f"mlserver-{m['key']}.log", root)
+    return p, f"{base}/v2/models/{m['name']}/infer"
+
+
+# ----------------------------------------------------------------------------- load
+def run_wrk(wrk: str, url: str, body_file: Path, conc: int, seconds: float) -> dict:
+    argv = [wrk, "-t1", f"-c{conc}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(LUA), url]
+    out = subprocess.run(argv, env=dict(os.environ, WRK_BODY_FILE=str(body_file)), capture_output=True,
+                         text=True, check=True).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("WRK_JSON "))
+    r = json.loads(line[len("WRK_JSON "):])
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    r["errors"] = r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"] + r["non2xx"]
+    return r
+
+
+def check_same_answer(url_a: str, url_b: str, body: bytes) -> None:
+    answers = []
+    for url in (url_a, url_b):
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            out = json.loads(r.read())["outputs"]
+        answers.append([o["data"] for o in out if o["name"] == "predict"][0])
+    assert [int(a) for a in answers[0]] == [int(b) for b in answers[1]], answers
+
+
+# ----------------------------------------------------------------------------- report
+def table(results: list[dict], date: str, command: str, concurrency: tuple[int, ...]) -> str:
+    def med(server: str, model: str, conc: int, key: str) -> float:
+        return statistics.median(r[key] for r in results
+                                 if r["server"] == server and r["model"] == model and r["conc"] == conc)
+
+    lines = [
+        f"Run {date} on {platform.node() or 'this host'}: {os.cpu_count()} vCPU, Python {platform.python_version()}; "
+        f"both servers and wrk on the same host; median of the rounds.",
+        "",
+        f"Command: `{command}`",
+        "",
+        "| model | conc | mlvisor req/s | MLServer req/s | throughput ratio | mlvisor p50 / p99 ms"
+        " | MLServer p50 / p99 ms | p99 ratio (mlvisor/MLServer) | errors (mlvisor/MLServer) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model in dict.fromkeys(r["model"] for r in results):
+        for conc in concurrency:
+            a_rps, b_rps = med("mlvisor", model, conc, "rps"), med("mlserver", model, conc, "rps")
+            a50, a99 = med("mlvisor", model, conc, "p50_us") / 1000, med("mlvisor", model, conc, "p99_us") / 1000
+            b50, b99 = med("mlserver", model, conc, "p50_us") / 1000, med("mlserver", model, conc, "p99_us") / 1000
+            ea = sum(r["errors"] for r in results if r["server"] == "mlvisor" and r["model"] == model and r["conc"] == conc)
+            eb = sum(r["errors"] for r in results if r["server"] == "mlserver" and r["model"] == model and r["conc"] == conc)
+            lines.append(
+                f"| {model} | {conc} | {a_rps:,.0f} | {b_rps:,.0f} | **{a_rps / b_rps:.2f}x** | {a50:.2f} / {a99:.2f}"
+                f" | {b50:.2f} / {b99:.2f} | {a99 / b99:.2f} | {ea} / {eb} |"
+            )
+    return "\n".join(lines)
+
+
+def write_readme(text: str) -> None:
+    readme = BENCH / "README.md"
+    begin, end = "<!-- serving:begin -->", "<!-- serving:end -->"
+    current = readme.read_text() if readme.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{text}\n{end}"
+    if begin in current and end in current:
+        head, rest = current.split(begin, 1)
+        current = head + block + rest.split(end, 1)[1]
+    else:
+        current = current.rstrip("\n") + "\n\n## Serving: mlvisor vs MLServer\n\n" + block + "\n"
+    readme.write_text(current)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=10, help="seconds per measured point (default 10)")
+    ap.add_argument("--warmup", type=float, default=2, help="seconds of warm-up load before each point")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds over all points; the table shows medians")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    ap.add_argument("--models", nargs="+", default=["RandomForest(100)", "LogisticRegression"])
+    ap.add_argument("--write-readme", action="store_true", help="replace the table in bench/README.md")
+    args = ap.parse_args()
+    concurrency = tuple(args.concurrency)
+
+    exe, wrk = ensure_mlserver(), ensure_wrk()
+    RESULTS.mkdir(exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    work = RESULTS / f"serving-{stamp}"
+    work.mkdir()
+    models = prepare_models(work)
+    body_file = work / "body.json"
+    body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": ROW}],
+                       "outputs": [{"name": "predict"}]}).encode()
+    body_file.write_bytes(body)
+    results: list[dict] = []
+    for label in args.models:
+        m = models[label]
+        procs = []
+        try:
+            a, url_a = start_mlvisor(m, work)
+            procs.append(a)
+            b, url_b = start_mlserver(m, exe, work)
+            procs.append(b)
+            a.wait_ready()
+            b.wait_ready()
+            check_same_answer(url_a, url_b, body)
+            urls = {"mlvisor": url_a, "mlserver": url_b}
+            for rnd in range(args.rounds):
+                for conc in concurrency:
+                    order = ["mlvisor", "mlserver"] if (rnd + conc) % 2 == 0 else ["mlserver", "mlvisor"]
+                    for server in order:
+                        run_wrk(wrk, urls[server], body_file, conc, args.warmup)
+                        r = run_wrk(wrk, urls[server], body_file, conc, args.duration)
+                        r.update(server=server, model=label, conc=conc, round=rnd)
+                        results.append(r)
+                        log(f"{label} c{conc} round {rnd} {server}: {r['rps']:,.0f} req/s "
+                            f"p50 {r['p50_us'] / 1000:.2f} ms p99 {r['p99_us'] / 1000:.2f} ms errors {r['errors']}")
+        finally:
+            for p in procs:
+                p.stop()
+    (RESULTS / f"serving-{stamp}.json").write_text(json.dumps(results, indent=1))
+    command = "python bench/serving.py " + " ".join(sys.argv[1:])
+    text = table(results, dt.date.today().isoformat(), command.strip(), concurrency)
+    print(text)
+    if args.write_readme:
+        write_readme(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+-- wrk script for the serving benchmark: POST one V2 (or any JSON) body, print a JSON summary.
+-- The body comes from the file named by WRK_BODY_FILE so both servers get the same bytes.
+local f = assert(io.open(os.getenv("WRK_BODY_FILE"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '\nWRK_JSON {"requests": %d, "duration_us": %d, "connect_errors": %d, "read_errors": %d, ' ..
+    '"write_errors": %d, "timeouts": %d, "non2xx": %d, "p50_us": %d, "p99_us": %d, "mean_us": %.1f, "max_us": %d}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99), latency.mean, latency.max))
+end
