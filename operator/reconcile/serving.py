@@ -1,0 +1,456 @@
+"""The ModelServer planner: (server, Deployment, pods, model source, now) -> Plan. Pure.
+
+The Deployment's kubelets restart crashed server containers on their own; the operator's
+job is to *count* those restarts the OTP way (one supervisor-wide intensity window, always
+OneForOne) and, when the intensity is exceeded, to escalate: roll the Deployment back to
+the last model version that was Ready, or scale it to zero and fail.
+
+Decisions this module makes (the docs were silent):
+
+- **Counting.** Every increment of a pod's container restartCount is one failure, keyed
+  ``<pod>#<n>`` (a jump from 1 to 3 between observations is two failures); a pod that
+  reaches phase Failed (evicted, node lost) is one more failure keyed ``<pod>#<count+1>``.
+  Only pods of the model being served are counted: after a rollback, the rejected model's
+  pods dying on their way out do not eat into the fresh window.
+- **Classification.** ModelServers have no failurePolicy field; infrastructure disruptions
+  (Evicted, Preempted, NodeLost, NodeShutdown, Terminated, condition DisruptionTarget) are
+  restarts that are not counted, exactly as TrainingJob's default policy, and every other
+  exit counts. No exit code means "do not retry" for a server.
+- **Phases.** Loading while the served version has never had every replica ready; Ready
+  when it has; Degraded when a version that was Ready has fewer ready replicas than asked
+  for; RolledBack while the model source still points at the rejected version; Failed is
+  sticky until a new generation of the spec or a new model version arrives (both start
+  a fresh restart window). Ready=True whenever at least one replica answers.
+- **Memory.** status.supervision.seenFailures holds the latest handled key of every pod
+  still observed (restart counts only grow), so the bounded list never forgets a live pod.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from mlvisor.operator import api
+from mlvisor.operator.builders import (
+    build_server_deployment,
+    build_server_service,
+    model_name_of,
+    parse_model_uri,
+)
+from mlvisor.operator.reconcile.conditions import (
+    find_condition,
+    from_timestamp,
+    quantize,
+    set_condition,
+    to_timestamp,
+)
+from mlvisor.operator.reconcile.plan import (
+    Action,
+    ApplyDeployment,
+    ApplyService,
+    ModelRef,
+    ObservedDeployment,
+    ObservedPod,
+    OperatorConfig,
+    Plan,
+    RecordEvent,
+)
+from mlvisor.operator.supervision import (
+    SEEN_FAILURES_KEPT,
+    Failure,
+    Policy,
+    SupervisorState,
+    Verdict,
+    restarts_in_window,
+    supervise_exit,
+)
+
+__all__ = ["SERVER_FAILURE_POLICY", "WAITING_FOR_MODEL_REQUEUE_SECONDS", "check_server_spec", "plan_serving"]
+
+Phase = api.ServerPhase
+
+#: How often to look again while the referenced TrainingJob has no model yet.
+WAITING_FOR_MODEL_REQUEUE_SECONDS = 15.0
+
+#: Infrastructure disruptions restart a server pod without counting (see module docstring).
+SERVER_FAILURE_POLICY: tuple[api.FailurePolicyRule, ...] = tuple(
+    r for r in api.default_failure_policy() if r.action is api.FailureAction.IGNORE
+)
+
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_KEY = re.compile(r"^(?P<pod>.+)#(?P<n>\d+)$")
+
+
+def check_server_spec(server: api.ModelServer, source: ModelRef | None) -> list[str]:
+    """What is wrong with a ModelServer that parsed but that only the operator can judge."""
+    problems = []
+    name = server.metadata.name
+    if not _DNS_1035.match(name):
+        problems.append(
+            f"metadata.name {name!r} must start with a letter: it names the Service, "
+            "and Service names are DNS-1035 labels"
+        )
+    if source is not None:
+        try:
+            parse_model_uri(source.uri)
+        except ValueError as e:
+            problems.append(f"spec.model: {e}")
+    return problems
+
+
+def plan_serving(
+    server: api.ModelServer,
+    observed_deployment: ObservedDeployment | None,
+    pods: Sequence[ObservedPod],
+    source: ModelRef | None,
+    now: float,
+    config: OperatorConfig,
+) -> Plan:
+    """Plan one reconcile of ``server`` at ``now`` (epoch seconds).
+
+    ``source`` is what spec.model points at now (the shell resolves trainingJobRef to the
+    job's status.model, or spec.model.uri to ModelRef(uri, version_of(uri))); None means
+    the job has no model yet. Always returns the whole new status and re-applies the
+    Service and (once there is a model) the Deployment, which are idempotent.
+    """
+    return _ServingReconcile(server, observed_deployment, pods, source, quantize(now), config).run()
+
+
+@dataclass
+class _ServingReconcile:
+    server: api.ModelServer
+    deployment: ObservedDeployment | None
+    pods: Sequence[ObservedPod]
+    source: ModelRef | None
+    now: float
+    config: OperatorConfig
+    status: api.ModelServerStatus = field(init=False)
+    actions: list[Action] = field(default_factory=list)
+    events: list[RecordEvent] = field(default_factory=list)
+    replicas_override: int | None = None
+    requeue: float | None = None
+
+    def __post_init__(self) -> None:
+        self.status = (
+            self.server.status.model_copy(deep=True) if self.server.status is not None else api.ModelServerStatus()
+        )
+        self.spec = self.server.spec
+        self.generation = self.server.metadata.generation
+
+    # ------------------------------------------------------------------ main flow
+
+    def run(self) -> Plan:
+        st = self.status
+        spec_changed = st.observed_generation is not None and st.observed_generation != self.generation
+        problems = check_server_spec(self.server, self.source)
+        if problems:
+            self._invalid("; ".join(problems))
+            return self._plan(apply_service=False)
+
+        if st.phase == Phase.FAILED:
+            new_model = self.source is not None and self.source.uri not in (
+                st.model_uri,
+                st.rejected_model_uri,
+            )
+            if not (spec_changed or new_model):
+                self.replicas_override = 0
+                return self._plan()
+            why = "the spec changed" if spec_changed else f"model version {self.source.version} is available"
+            st.supervision.restart_times = []
+            self._condition("Failed", "False", "Recovering", f"{why}: serving again")
+            self.events.append(RecordEvent("Normal", "Recovering", f"{why}: serving again"))
+            st.phase = Phase.LOADING
+
+        if not self._choose_model():
+            return self._plan()
+        if self._supervise_pods():
+            return self._plan()
+        self._settle_phase()
+        return self._plan()
+
+    def _plan(self, apply_service: bool = True) -> Plan:
+        st = self.status
+        st.observed_generation = self.generation
+        st.url = (
+            f"http://{self.server.metadata.name}.{self.server.metadata.namespace}."
+            f"{self.config.service_domain}:{self.spec.service.port}/v2/models/{model_name_of(self.server)}"
+        )
+        live = [p for p in self.pods if not p.deleting]
+        st.replicas = len(live)
+        st.ready_replicas = sum(1 for p in live if p.ready)
+        history = [to_timestamp(t) for t in st.supervision.restart_times]
+        st.supervision.restarts_in_window = restarts_in_window(
+            history, self.now, self.spec.supervision.period_seconds
+        )
+        actions: list[Action] = []
+        if apply_service:
+            actions.append(ApplyService(build_server_service(self.server, self.config)))
+        if apply_service and st.model_uri is not None and st.model_version is not None:
+            model = ModelRef(st.model_uri, st.model_version)
+            actions.append(
+                ApplyDeployment(
+                    build_server_deployment(self.server, model, self.config, replicas=self.replicas_override)
+                )
+            )
+        actions.extend(self.events)
+        return Plan(actions=tuple(actions), status=st, requeue_after=self.requeue)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _condition(self, type_: str, status: str, reason: str, message: str) -> None:
+        self.status.conditions = set_condition(
+            self.status.conditions, type_, status, reason, message, self.now, self.generation  # type: ignore[arg-type]
+        )
+
+    def _condition_false_if_present(self, type_: str, reason: str, message: str) -> None:
+        c = find_condition(self.status.conditions, type_)
+        if c is not None and c.status != "False":
+            self._condition(type_, "False", reason, message)
+
+    def _invalid(self, message: str) -> None:
+        st = self.status
+        if st.phase != Phase.FAILED or (find_condition(st.conditions, "Failed") or _NO).reason != "InvalidSpec":
+            self.events.append(RecordEvent("Warning", "InvalidSpec", message))
+        st.phase = Phase.FAILED
+        self._condition("Ready", "False", "InvalidSpec", message)
+        self._condition("Failed", "True", "InvalidSpec", message)
+
+    # ------------------------------------------------------------------ steps
+
+    def _choose_model(self) -> bool:
+        """Decide which model the Deployment serves. False when there is none yet."""
+        st, source = self.status, self.source
+        if source is None:
+            if st.model_uri is None:
+                st.phase = Phase.PENDING
+                message = "waiting for the model: the TrainingJob has not succeeded yet"
+                self._condition("Ready", "False", "WaitingForModel", message)
+                self.requeue = WAITING_FOR_MODEL_REQUEUE_SECONDS
+                return False
+            return True  # keep serving what we serve
+        if source.uri == st.rejected_model_uri:
+            return st.model_uri is not None  # stay on the rollback target
+        if source.uri != st.model_uri:
+            previous = st.model_version
+            st.model_uri, st.model_version = source.uri, source.version
+            st.rejected_model_uri = None
+            st.phase = Phase.LOADING
+            message = f"rolling out model version {source.version}" + (
+                f" (replacing {previous})" if previous else ""
+            )
+            self._condition_false_if_present("RolledBack", "NewModel", message)
+            self.events.append(RecordEvent("Normal", "Deploying", message))
+        return True
+
+    def _policy(self) -> Policy:
+        sup = self.spec.supervision
+        return Policy(
+            restart=sup.restart,
+            max_restarts=sup.max_restarts,
+            period_seconds=sup.period_seconds,
+            failure_policy=SERVER_FAILURE_POLICY,
+            children=(0,),
+        )
+
+    def _exits(self) -> list[Failure]:
+        """Every failure not handled yet, oldest first per pod, pods by name."""
+        handled = _handled_counts(self.status.supervision.seen_failures)
+        out = []
+        for p in sorted(self.pods, key=lambda p: p.name):
+            if p.model_uri is not None and p.model_uri != self.status.model_uri:
+                continue  # a pod of another model: being replaced, not ours to count
+            last = p.restart_count + (1 if p.phase == "Failed" else 0)
+            for n in range(handled.get(p.name, 0) + 1, last + 1):
+                final = p.phase == "Failed" and n == last
+                out.append(
+                    Failure(
+                        child=0,
+                        pod=p.name,
+                        restart_count=n,
+                        exit_code=p.exit_code,
+                        reason=p.reason if final or p.reason not in _POD_LEVEL_REASONS else None,
+                        pod_conditions=p.conditions if final else frozenset(),
+                        succeeded=p.exit_code == 0,
+                    )
+                )
+        return out
+
+    def _supervise_pods(self) -> bool:
+        """Count the server's new failures. True when it escalated."""
+        st = self.status
+        sup = st.supervision
+        state = SupervisorState(
+            restart_times=tuple(to_timestamp(t) for t in sup.restart_times),
+            total_restarts=sup.total_restarts,
+            seen_failures=tuple(sup.seen_failures),
+        )
+        policy = self._policy()
+        escalated = None
+        for exit_ in self._exits():
+            decision, state = supervise_exit(state, exit_, policy, self.now)
+            if decision.verdict is Verdict.DUPLICATE:
+                continue
+            if not exit_.succeeded:
+                sup.last_failure = api.FailureRecord(
+                    pod=exit_.pod,
+                    exit_code=exit_.exit_code,
+                    reason=exit_.reason,
+                    action=decision.action,
+                    time=from_timestamp(self.now),
+                )
+            if decision.verdict is Verdict.RESTART:
+                window = (
+                    f"{restarts_in_window(state.restart_times, self.now, policy.period_seconds)} restarts "
+                    f"within {policy.period_seconds}s, maxRestarts is {policy.max_restarts}"
+                )
+                what = "not counted: infrastructure disruption" if not decision.counted else window
+                self.events.append(
+                    RecordEvent(
+                        "Warning",
+                        "ServerRestarted",
+                        f"server pod {exit_.pod} terminated ({_describe(exit_)}), restart #{exit_.restart_count}; {what}",
+                    )
+                )
+            elif decision.verdict is Verdict.ESCALATE:
+                escalated = decision
+                break
+        sup.restart_times = [from_timestamp(t) for t in state.restart_times]
+        sup.total_restarts = state.total_restarts
+        sup.seen_failures = _compact_seen(state.seen_failures, {p.name for p in self.pods})
+        if escalated is None:
+            return False
+        self._escalate(escalated.reason, escalated.message)
+        return True
+
+    def _escalate(self, reason: str, message: str) -> None:
+        st = self.status
+        sup = self.spec.supervision
+        bad_uri, bad_version = st.model_uri, st.model_version
+        can_roll_back = (
+            sup.on_exhausted is api.OnExhausted.ROLLBACK
+            and st.last_good_model_uri is not None
+            and st.last_good_model_version is not None
+            and st.last_good_model_uri != bad_uri
+        )
+        if can_roll_back:
+            st.model_uri, st.model_version = st.last_good_model_uri, st.last_good_model_version
+            st.rejected_model_uri = bad_uri
+            st.supervision.restart_times = []
+            st.phase = Phase.ROLLED_BACK
+            text = (
+                f"model version {bad_version} was rolled back to {st.model_version}: {message}; "
+                "it is not deployed again until the model source changes"
+            )
+            self._condition("RolledBack", "True", reason, text)
+            self.events.append(RecordEvent("Warning", "RolledBack", text))
+            self._settle_readiness()
+            return
+        why = (
+            "onExhausted is Fail"
+            if sup.on_exhausted is api.OnExhausted.FAIL
+            else "there is no earlier Ready version to roll back to"
+        )
+        text = (
+            f"model version {bad_version} failed: {message}; {why}, so the Deployment is scaled to zero "
+            "(the Service stays and answers nothing); change the spec or publish a new model version"
+        )
+        st.phase = Phase.FAILED
+        self.replicas_override = 0
+        self._condition("Failed", "True", reason, text)
+        self._condition("Ready", "False", reason, text)
+        self._condition_false_if_present("Degraded", "Failed", text)
+        self.events.append(RecordEvent("Warning", "Failed", text))
+
+    def _ready_on_current(self) -> int:
+        uri = self.status.model_uri
+        return sum(
+            1 for p in self.pods if p.ready and not p.deleting and p.model_uri in (None, uri)
+        )
+
+    def _settle_readiness(self) -> None:
+        """Ready/Degraded conditions from the replicas; lastGood when every replica is ready."""
+        st = self.status
+        desired = self.spec.replicas
+        ready_current = self._ready_on_current()
+        ready_any = sum(1 for p in self.pods if p.ready and not p.deleting)
+        version = st.model_version
+        if desired == 0:
+            self._condition("Ready", "False", "ScaledToZero", "spec.replicas is 0")
+            self._condition_false_if_present("Degraded", "ScaledToZero", "spec.replicas is 0")
+            return
+        if ready_current >= desired:
+            st.last_good_model_uri, st.last_good_model_version = st.model_uri, version
+            message = f"{ready_current}/{desired} replicas serve model version {version}"
+            self._condition("Ready", "True", "AllReplicasReady", message)
+            self._condition_false_if_present("Degraded", "AllReplicasReady", message)
+            return
+        message = f"{ready_current}/{desired} replicas ready on model version {version}"
+        if ready_any:
+            self._condition("Ready", "True", "SomeReplicasReady", message)
+        else:
+            self._condition("Ready", "False", "NoReplicasReady", message)
+
+    def _settle_phase(self) -> None:
+        st = self.status
+        self._settle_readiness()
+        if self.source is not None and self.source.uri == st.rejected_model_uri:
+            st.phase = Phase.ROLLED_BACK
+            return
+        if self.spec.replicas == 0:
+            st.phase = Phase.PENDING
+            return
+        ready_current = self._ready_on_current()
+        if ready_current >= self.spec.replicas:
+            st.phase = Phase.READY
+        elif st.last_good_model_uri != st.model_uri:
+            st.phase = Phase.LOADING
+        else:
+            st.phase = Phase.DEGRADED
+            self._condition(
+                "Degraded",
+                "True",
+                "ReplicasNotReady",
+                f"{ready_current}/{self.spec.replicas} replicas ready on model version {st.model_version}",
+            )
+
+
+_NO = api.Condition(type="None", status="Unknown", reason="None", last_transition_time=from_timestamp(0))
+#: Reasons that describe the pod's end, not a container restart inside it.
+_POD_LEVEL_REASONS = frozenset({"Evicted", "Preempted", "NodeLost", "NodeShutdown", "Terminated"})
+
+
+def _handled_counts(seen: Sequence[str]) -> dict[str, int]:
+    """pod -> the highest failure number already handled (restart counts only grow)."""
+    out: dict[str, int] = {}
+    for key in seen:
+        m = _KEY.match(key)
+        if m:
+            out[m["pod"]] = max(out.get(m["pod"], 0), int(m["n"]))
+    return out
+
+
+def _compact_seen(seen: Sequence[str], live_pods: set[str]) -> list[str]:
+    """One key per pod (its highest), live pods always kept, newest last, bounded."""
+    handled = _handled_counts(seen)
+    order = []
+    for key in seen:  # keep first-seen order by the position of each pod's latest key
+        m = _KEY.match(key)
+        if m and m["pod"] not in order:
+            order.append(m["pod"])
+    order.sort(key=lambda pod: max(i for i, k in enumerate(seen) if k.startswith(pod + "#")))
+    keys = [f"{pod}#{handled[pod]}" for pod in order]
+    gone = [k for k in keys if k.rsplit("#", 1)[0] not in live_pods]
+    live = [k for k in keys if k.rsplit("#", 1)[0] in live_pods]
+    room = max(SEEN_FAILURES_KEPT - len(live), 0)
+    kept_gone = set(gone[len(gone) - room :] if room else [])
+    return [k for k in keys if k in kept_gone or k.rsplit("#", 1)[0] in live_pods]
+
+
+def _describe(f: Failure) -> str:
+    parts = []
+    if f.exit_code is not None:
+        parts.append(f"exit code {f.exit_code}")
+    if f.reason:
+        parts.append(f"reason {f.reason}")
+    return ", ".join(parts) or "no exit code"

@@ -1,0 +1,271 @@
+"""plan_serving on virtual time: rollout, readiness, restart counting, rollback and failure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mlvisor.operator import api
+from mlvisor.operator.reconcile.conditions import find_condition
+from mlvisor.operator.reconcile.plan import (
+    ApplyDeployment,
+    ApplyService,
+    ModelRef,
+    ObservedPod,
+    OperatorConfig,
+    Plan,
+    RecordEvent,
+)
+from mlvisor.operator.reconcile.serving import plan_serving
+
+CONFIG = OperatorConfig()
+T0 = 1_700_000_000.0
+V1 = ModelRef("pvc://mlvisor-models/ml/iris/aaaa-1/", "aaaa-1")
+V2 = ModelRef("pvc://mlvisor-models/ml/iris/bbbb-1/", "bbbb-1")
+
+
+def make_server(**spec: Any) -> api.ModelServer:
+    return api.ModelServer.model_validate(
+        {
+            "metadata": {"name": "iris", "namespace": "ml", "uid": "u-1", "generation": 1},
+            "spec": {"model": {"trainingJobRef": {"name": "iris"}}, "replicas": 2, **spec},
+        }
+    )
+
+
+def pod(name: str, model: ModelRef, *, ready: bool = True, restarts: int = 0, **kw: Any) -> ObservedPod:
+    kw.setdefault("phase", "Running")
+    if restarts:
+        kw.setdefault("exit_code", 1)
+        kw.setdefault("reason", "Error")
+    return ObservedPod(name=name, index=0, ready=ready, restart_count=restarts, model_uri=model.uri, **kw)
+
+
+class Server:
+    def __init__(self, server: api.ModelServer) -> None:
+        self.server = server
+
+    def reconcile(self, pods: list[ObservedPod], source: ModelRef | None, now: float) -> Plan:
+        plan = plan_serving(self.server, None, pods, source, now, CONFIG)
+        assert plan.status is not None
+        wire = {**self.server.model_dump(mode="json", by_alias=True, exclude={"status"}), "status": plan.status.to_wire()}
+        self.server = api.ModelServer.model_validate(wire)
+        return plan
+
+    @property
+    def status(self) -> api.ModelServerStatus:
+        assert self.server.status is not None
+        return self.server.status
+
+    def cond(self, type_: str) -> api.Condition:
+        c = find_condition(self.status.conditions, type_)
+        assert c is not None, f"no {type_} condition"
+        return c
+
+
+def deployment(plan: Plan) -> dict:
+    (d,) = [a.manifest for a in plan.actions if isinstance(a, ApplyDeployment)]
+    return d
+
+
+def served_uri(plan: Plan) -> str:
+    return deployment(plan)["spec"]["template"]["metadata"]["annotations"]["mlvisor.dev/model-uri"]
+
+
+def events(plan: Plan) -> list[tuple[str, str]]:
+    return [(a.type, a.reason) for a in plan.actions if isinstance(a, RecordEvent)]
+
+
+def ready_on(model: ModelRef, n: int = 2, prefix: str = "iris-a") -> list[ObservedPod]:
+    return [pod(f"{prefix}-{i}", model) for i in range(n)]
+
+
+def test_waits_for_the_model() -> None:
+    s = Server(make_server())
+    plan = s.reconcile([], None, T0)
+    assert s.status.phase == api.ServerPhase.PENDING
+    ready = s.cond("Ready")
+    assert ready.status == "False" and ready.reason == "WaitingForModel"
+    assert plan.requeue_after and plan.requeue_after > 0
+    assert [type(a) for a in plan.actions] == [ApplyService]
+
+
+def test_rollout_loading_then_ready() -> None:
+    s = Server(make_server(modelName="flowers"))
+    plan = s.reconcile([], V1, T0)
+    assert served_uri(plan) == V1.uri and deployment(plan)["spec"]["replicas"] == 2
+    assert isinstance(plan.actions[0], ApplyService)
+    assert ("Normal", "Deploying") in events(plan)
+    assert s.status.phase == api.ServerPhase.LOADING
+    assert s.status.model_uri == V1.uri and s.status.model_version == "aaaa-1"
+    assert s.status.url == "http://iris.ml.svc:80/v2/models/flowers"
+
+    plan = s.reconcile([pod("iris-a-0", V1), pod("iris-a-1", V1, ready=False)], V1, T0 + 5)
+    assert s.status.phase == api.ServerPhase.LOADING
+    assert s.status.ready_replicas == 1 and s.status.replicas == 2
+    assert s.status.last_good_model_uri is None
+
+    plan = s.reconcile(ready_on(V1), V1, T0 + 6)
+    assert s.status.phase == api.ServerPhase.READY
+    assert s.cond("Ready").status == "True"
+    assert s.status.last_good_model_version == "aaaa-1"
+    assert events(plan) == []
+
+
+def test_some_replicas_of_a_good_model_lost_is_degraded() -> None:
+    s = Server(make_server())
+    s.reconcile(ready_on(V1), V1, T0)
+    s.reconcile(ready_on(V1), V1, T0 + 1)
+    s.reconcile([pod("iris-a-0", V1), pod("iris-a-1", V1, ready=False)], V1, T0 + 2)
+    assert s.status.phase == api.ServerPhase.DEGRADED
+    assert s.cond("Degraded").status == "True"
+    s.reconcile(ready_on(V1), V1, T0 + 3)
+    assert s.status.phase == api.ServerPhase.READY and s.cond("Degraded").status == "False"
+
+
+def test_restart_counting_counts_every_increment_once_across_replays() -> None:
+    s = Server(make_server(supervision={"maxRestarts": 10, "periodSeconds": 300}))
+    s.reconcile(ready_on(V1), V1, T0)
+    s.reconcile([pod("iris-a-0", V1, restarts=1), pod("iris-a-1", V1)], V1, T0 + 1)
+    assert s.status.supervision.restarts_in_window == 1
+    plan = s.reconcile([pod("iris-a-0", V1, restarts=3), pod("iris-a-1", V1)], V1, T0 + 2)
+    assert s.status.supervision.restarts_in_window == 3  # 1 -> 3 is two failures
+    assert events(plan) == [("Warning", "ServerRestarted")] * 2
+    for k in range(4):  # the same observation replayed
+        again = s.reconcile([pod("iris-a-0", V1, restarts=3), pod("iris-a-1", V1)], V1, T0 + 3 + k)
+        assert events(again) == []
+    assert s.status.supervision.total_restarts == 3
+    assert s.status.supervision.seen_failures == ["iris-a-0#3"]
+    # A pod the Deployment replaced after it failed is one more failure.
+    s.reconcile([pod("iris-a-0", V1, restarts=3, phase="Failed", ready=False), pod("iris-a-1", V1)], V1, T0 + 9)
+    assert s.status.supervision.total_restarts == 4
+
+
+def test_evicted_server_pods_are_not_counted() -> None:
+    s = Server(make_server())
+    s.reconcile(ready_on(V1), V1, T0)
+    s.reconcile(
+        [pod("iris-a-0", V1, phase="Failed", ready=False, reason="Evicted", exit_code=None), pod("iris-a-1", V1)],
+        V1,
+        T0 + 1,
+    )
+    assert s.status.supervision.restarts_in_window == 0 and s.status.supervision.total_restarts == 1
+
+
+def test_intensity_exceeded_rolls_back_to_the_last_good_version() -> None:
+    s = Server(make_server(supervision={"maxRestarts": 2, "periodSeconds": 300, "onExhausted": "Rollback"}))
+    s.reconcile(ready_on(V1), V1, T0)
+    assert s.status.last_good_model_uri == V1.uri
+    plan = s.reconcile(ready_on(V1), V2, T0 + 10)  # new version published
+    assert served_uri(plan) == V2.uri and s.status.phase == api.ServerPhase.LOADING
+    crashing = [pod("iris-b-0", V2, ready=False, restarts=2), *ready_on(V1)]
+    s.reconcile(crashing, V2, T0 + 20)
+    assert s.status.phase == api.ServerPhase.LOADING
+    crashing = [pod("iris-b-0", V2, ready=False, restarts=3), *ready_on(V1)]
+    plan = s.reconcile(crashing, V2, T0 + 30)
+    assert served_uri(plan) == V1.uri
+    assert s.status.phase == api.ServerPhase.ROLLED_BACK
+    assert s.status.rejected_model_uri == V2.uri
+    assert s.status.model_version == "aaaa-1"
+    rolled = s.cond("RolledBack")
+    assert rolled.status == "True" and rolled.reason == "RestartIntensityExceeded"
+    assert "3 restarts within 300s, maxRestarts is 2" in rolled.message
+    assert s.status.supervision.restart_times == []
+    assert ("Warning", "RolledBack") in events(plan)
+
+    # The bad model's pods dying on their way out are not counted; the source still
+    # points at the rejected version, and it is not deployed again.
+    plan = s.reconcile([pod("iris-b-0", V2, ready=False, restarts=7), *ready_on(V1)], V2, T0 + 40)
+    assert served_uri(plan) == V1.uri
+    assert s.status.phase == api.ServerPhase.ROLLED_BACK
+    assert s.status.supervision.restart_times == []
+    assert s.cond("Ready").status == "True"
+
+    # A newer version is deployed again.
+    v3 = ModelRef("pvc://mlvisor-models/ml/iris/cccc-1/", "cccc-1")
+    plan = s.reconcile(ready_on(V1), v3, T0 + 50)
+    assert served_uri(plan) == v3.uri and s.status.phase == api.ServerPhase.LOADING
+    assert s.cond("RolledBack").status == "False"
+
+
+def test_intensity_exceeded_without_a_good_version_fails_and_scales_to_zero() -> None:
+    s = Server(make_server(supervision={"maxRestarts": 1, "periodSeconds": 60}))
+    s.reconcile([], V1, T0)
+    plan = s.reconcile([pod("iris-a-0", V1, ready=False, restarts=2)], V1, T0 + 5)
+    assert s.status.phase == api.ServerPhase.FAILED
+    assert deployment(plan)["spec"]["replicas"] == 0
+    assert any(isinstance(a, ApplyService) for a in plan.actions)  # the Service stays
+    assert s.cond("Failed").reason == "RestartIntensityExceeded"
+    assert s.cond("Ready").status == "False"
+    assert ("Warning", "Failed") in events(plan)
+    # Sticky: the same model, later, stays at zero.
+    plan = s.reconcile([], V1, T0 + 500)
+    assert s.status.phase == api.ServerPhase.FAILED and deployment(plan)["spec"]["replicas"] == 0
+    assert events(plan) == []
+    # A new model version recovers it with a fresh window.
+    plan = s.reconcile([], V2, T0 + 600)
+    assert s.status.phase == api.ServerPhase.LOADING
+    assert deployment(plan)["spec"]["replicas"] == 2 and served_uri(plan) == V2.uri
+    assert s.cond("Failed").status == "False"
+
+
+def test_on_exhausted_fail_never_rolls_back() -> None:
+    s = Server(make_server(supervision={"maxRestarts": 0, "onExhausted": "Fail"}))
+    s.reconcile(ready_on(V1), V1, T0)
+    s.reconcile(ready_on(V1), V2, T0 + 1)
+    plan = s.reconcile([pod("iris-b-0", V2, restarts=1, ready=False), *ready_on(V1)], V2, T0 + 2)
+    assert s.status.phase == api.ServerPhase.FAILED
+    assert served_uri(plan) == V2.uri and deployment(plan)["spec"]["replicas"] == 0
+
+
+def test_rollback_target_equal_to_current_fails() -> None:
+    s = Server(make_server(supervision={"maxRestarts": 0}))
+    s.reconcile(ready_on(V1), V1, T0)
+    plan = s.reconcile([pod("iris-a-0", V1, restarts=1), pod("iris-a-1", V1)], V1, T0 + 1)
+    assert s.status.phase == api.ServerPhase.FAILED
+    assert deployment(plan)["spec"]["replicas"] == 0
+
+
+def test_a_new_generation_unsticks_failed() -> None:
+    s = Server(make_server(supervision={"maxRestarts": 0}))
+    s.reconcile([], V1, T0)
+    s.reconcile([pod("iris-a-0", V1, restarts=1, ready=False)], V1, T0 + 1)
+    assert s.status.phase == api.ServerPhase.FAILED
+    s.server = s.server.model_copy(
+        update={"metadata": s.server.metadata.model_copy(update={"generation": 2})}
+    )
+    plan = s.reconcile([], V1, T0 + 2)
+    assert s.status.phase == api.ServerPhase.LOADING and deployment(plan)["spec"]["replicas"] == 2
+
+
+def test_file_uris_are_accepted_for_the_local_runtime() -> None:
+    s = Server(make_server())
+    local = ModelRef("file:///srv/models/iris/v7/", "v7")
+    plan = s.reconcile([], local, T0)
+    assert served_uri(plan) == local.uri
+
+
+def test_invalid_names_and_uris_end_in_invalid_spec() -> None:
+    srv = api.ModelServer.model_validate(
+        {"metadata": {"name": "1iris", "generation": 1}, "spec": {"model": {"uri": V1.uri}}}
+    )
+    s = Server(srv)
+    plan = s.reconcile([], V1, T0)
+    assert s.status.phase == api.ServerPhase.FAILED
+    assert s.cond("Failed").reason == "InvalidSpec" and "metadata.name" in s.cond("Failed").message
+    assert events(plan) == [("Warning", "InvalidSpec")]
+    assert not any(isinstance(a, ApplyDeployment | ApplyService) for a in plan.actions)
+    assert events(s.reconcile([], V1, T0 + 1)) == []  # no event storm
+
+    s2 = Server(make_server())
+    s2.reconcile([], ModelRef("pvc://claim-only/", "x"), T0)
+    assert s2.cond("Failed").reason == "InvalidSpec"
+
+
+@pytest.mark.parametrize("replicas", [0])
+def test_scaled_to_zero_by_the_user(replicas: int) -> None:
+    s = Server(make_server(replicas=replicas))
+    plan = s.reconcile([], V1, T0)
+    assert deployment(plan)["spec"]["replicas"] == 0
+    assert s.cond("Ready").reason == "ScaledToZero"
