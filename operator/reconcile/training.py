@@ -495,9 +495,14 @@ class _TrainingReconcile:
         self._delete_alive(self._alive_pods(), "the job succeeded")
 
     def _fill_model_metadata(self) -> None:
+        """status.model's metrics from metadata.json (snake_case) or a camelCase summary of it."""
         model, md = self.status.model, self.artifact_metadata
-        if model is None or md is None or model.sklearn_version is not None:
+        if model is None or not md or model.sklearn_version is not None:
             return
+
+        def get(snake: str, camel: str) -> Any:
+            return md.get(snake, md.get(camel))
+
         if md.get("version") not in (None, model.version):
             return  # metadata of another version: not ours to report
         metrics = {
@@ -506,10 +511,16 @@ class _TrainingReconcile:
             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
         }
         model.metrics = metrics
-        score_name = md.get("score_name")
-        model.score = metrics.get(score_name) if isinstance(score_name, str) else None
-        model.best_params = md.get("best_params")
-        model.sklearn_version = md.get("sklearn_version")
+        score_name = get("score_name", "scoreName")
+        score = md.get("score")
+        if isinstance(score_name, str) and score_name in metrics:
+            model.score = metrics[score_name]
+        elif isinstance(score, int | float) and not isinstance(score, bool) and math.isfinite(score):
+            model.score = float(score)
+        best = get("best_params", "bestParams")
+        model.best_params = best if isinstance(best, dict) else None
+        version = get("sklearn_version", "sklearnVersion")
+        model.sklearn_version = version if isinstance(version, str) else None
 
     def _finished(self) -> None:
         """A Succeeded or Failed job never starts a pod again; it only tidies up."""
