@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,6 +107,10 @@ class TerminalView(Reporter):
         if not self.tty and force:
             return  # non-TTY: never re-print an unchanged table just because an event came
         self._erase()
+        if self.tty:
+            # A wrapped line would break the cursor arithmetic of the redraw.
+            width = shutil.get_terminal_size().columns
+            lines = [line if len(line) < width else line[: max(width - 2, 1)] + "…" for line in lines]
         for line in lines:
             print(line, file=self.out)
         if self.tty:

@@ -1,0 +1,187 @@
+"""End to end: the iris sample trained and served by `mlvisor run`, then abused.
+
+Real processes, real files, real HTTP: predictions go through the local Service port the
+status file advertises, with the Triton HTTP client and with plain HTTP. A server killed
+with SIGKILL must come back; a server whose model source changes to a broken artifact must
+roll back to the last good version and keep answering meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+#: Known iris rows and their classes (setosa 0, versicolor 1, virginica 2).
+KNOWN_ROWS = [
+    ([5.1, 3.5, 1.4, 0.2], 0),
+    ([7.0, 3.2, 4.7, 1.4], 1),
+    ([6.3, 3.3, 6.0, 2.5], 2),
+]
+
+
+def _infer_body(rows: list[list[float]]) -> bytes:
+    return json.dumps(
+        {"inputs": [{"name": "input-0", "shape": [len(rows), 4], "datatype": "FP64",
+                     "data": [x for row in rows for x in row]}]}
+    ).encode()
+
+
+def _post(url: str, body: bytes, timeout: float = 10) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method="POST", headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def _predict(url: str) -> list[int]:
+    code, answer = _post(f"{url}/infer", _infer_body([row for row, _ in KNOWN_ROWS]))
+    assert code == 200, answer
+    out = next(o for o in answer["outputs"] if o["name"] == "predict")
+    return [int(v) for v in out["data"]]
+
+
+def _server(status: dict, name: str) -> dict:
+    return status[f"ModelServer/default/{name}"]
+
+
+def _ready(name: str, version: str | None = None):
+    def check(status: dict) -> dict | None:
+        s = _server(status, name)
+        if s.get("phase") == "Ready" and s.get("readyReplicas", 0) >= 1 and s.get("url"):
+            if version is None or s.get("modelVersion") == version:
+                return s
+        return None
+    return check
+
+
+def test_iris_sample_trains_serves_and_predicts_over_v2_then_ctrl_c_leaves_nothing(mlvisor_run, samples: Path) -> None:
+    run = mlvisor_run(samples / "iris.yaml")
+    server = run.wait_for("ModelServer iris Ready", _ready("iris"))
+    job = run.status()["TrainingJob/default/iris"]
+    assert job["phase"] == "Succeeded" and job["model"]["metrics"]["accuracy"] > 0.9
+    assert server["modelVersion"] == job["model"]["version"]
+    url = server["url"]
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/v2/models/iris")
+    assert "iris ready at " + url in run.log()
+
+    # Plain HTTP.
+    assert _predict(url) == [cls for _, cls in KNOWN_ROWS]
+
+    # The Triton client, as a user of the Open Inference Protocol would call it.
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(urlsplit(url).netloc)
+    try:
+        assert client.is_server_ready()
+        assert client.is_model_ready("iris")
+        x = np.array([row for row, _ in KNOWN_ROWS], dtype=np.float64)
+        inp = httpclient.InferInput("input-0", list(x.shape), "FP64")
+        inp.set_data_from_numpy(x, binary_data=False)  # mlvisor speaks JSON tensors
+        result = client.infer("iris", [inp], outputs=[httpclient.InferRequestedOutput("predict", binary_data=False)])
+        assert result.as_numpy("predict").tolist() == [cls for _, cls in KNOWN_ROWS]
+    finally:
+        client.close()
+
+    alive = [p["pid"] for p in run.pids() if p["running"]]
+    assert alive, "the server process should be running"
+    assert run.interrupt() == 130
+    final = run.status()
+    assert final["TrainingJob/default/iris"]["phase"] == "Succeeded"
+    run.assert_no_orphans()
+
+
+def test_predict_flag_answers_and_exits_zero(mlvisor_run, samples: Path, tmp_path: Path) -> None:
+    request = tmp_path / "request.json"
+    request.write_bytes(_infer_body([KNOWN_ROWS[0][0], KNOWN_ROWS[2][0]]))
+    run = mlvisor_run(samples / "iris.yaml", args=["--no-table", "--predict", str(request), "--timeout", "120"])
+    assert run.wait_exit() == 0, run.explain()
+    line = next(l for l in run.log().splitlines() if "ModelServer/default/iris: prediction: " in l)
+    answer = json.loads(line.split("prediction: ", 1)[1])
+    out = next(o for o in answer["outputs"] if o["name"] == "predict")
+    assert out["data"] == [0, 2]
+    run.assert_no_orphans()
+
+
+SERVER = """\
+apiVersion: mlvisor.dev/v1alpha1
+kind: ModelServer
+metadata:
+  name: {name}
+spec:
+  model:
+    uri: file://{uri}/
+  modelName: iris
+  replicas: 1
+  startupTimeoutSeconds: {startup}
+  supervision:
+    maxRestarts: {max_restarts}
+    periodSeconds: 300
+    onExhausted: Rollback
+"""
+
+
+def test_server_killed_with_sigkill_is_restarted_and_answers_again(mlvisor_run, iris_artifact: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "server.yaml"
+    spec.write_text(SERVER.format(name="kill", uri=iris_artifact, startup=30, max_restarts=3))
+    run = mlvisor_run(spec, args=["--no-table", "--restart-delay", "0.1"])
+    server = run.wait_for("server Ready", _ready("kill"))
+    url = server["url"]
+    assert _predict(url) == [cls for _, cls in KNOWN_ROWS]
+    victims = [p["pid"] for p in run.pids() if p["running"]]
+    assert len(victims) == 1
+
+    os.kill(victims[0], signal.SIGKILL)
+    again = run.wait_for(
+        "a restart counted and the server Ready again",
+        lambda s: _server(s, "kill")["supervision"]["totalRestarts"] >= 1 and _ready("kill")(s),
+    )
+    assert again["supervision"]["lastFailure"]["exitCode"] == 137
+    assert again["url"] == url  # the Service port is stable across restarts
+    assert _predict(url) == [cls for _, cls in KNOWN_ROWS]
+    new = [p["pid"] for p in run.pids() if p["running"]]
+    assert new and victims[0] not in new
+    assert run.interrupt() == 130
+    run.assert_no_orphans()
+
+
+def test_server_switched_to_a_broken_artifact_rolls_back_and_keeps_answering(
+    mlvisor_run, iris_artifact: Path, broken_artifact: Path, tmp_path: Path
+) -> None:
+    spec = tmp_path / "server.yaml"
+    spec.write_text(SERVER.format(name="rb", uri=iris_artifact, startup=6, max_restarts=1))
+    run = mlvisor_run(spec, args=["--no-table", "--restart-delay", "0.1"])
+    server = run.wait_for("server Ready on v1", _ready("rb", "v1"))
+    url = server["url"]
+    assert _predict(url) == [cls for _, cls in KNOWN_ROWS]
+
+    # Like `kubectl apply` of a new version of the resource: the runtime re-reads the file.
+    spec.write_text(SERVER.format(name="rb", uri=broken_artifact, startup=6, max_restarts=1))
+    answers: list[int] = []
+
+    def rolled_back(status: dict) -> dict | None:
+        code, _ = _post(f"{url}/infer", _infer_body([KNOWN_ROWS[0][0]]))
+        answers.append(code)
+        s = _server(status, "rb")
+        rolled = any(c["type"] == "RolledBack" and c["status"] == "True" for c in s.get("conditions", []))
+        return s if rolled and s.get("modelVersion") == "v1" and s.get("readyReplicas", 0) >= 1 else None
+
+    final = run.wait_for("rolled back to v1", rolled_back, timeout=120)
+    assert final["lastGoodModelVersion"] == "v1"
+    assert final.get("rejectedModelUri", "").rstrip("/") == f"file://{broken_artifact}"
+    assert answers and set(answers) == {200}, f"the service stopped answering during the rollback: {answers}"
+    assert _predict(url) == [cls for _, cls in KNOWN_ROWS]
+    assert run.interrupt() == 130
+    run.assert_no_orphans()
