@@ -28,10 +28,16 @@ from integration.world import World, urllib_transport
 CRDS = emu.crd_resources("mlvisor.dev", "v1alpha1", {"TrainingJob": "trainingjobs", "ModelServer": "modelservers"})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports (all held open while choosing, so the kernel cannot repeat one)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 class Operator:
@@ -46,7 +52,7 @@ class Operator:
 
     def start(self) -> None:
         self.generation += 1
-        self.liveness_port, self.metrics_port = _free_port(), _free_port()
+        self.liveness_port, self.metrics_port = _free_ports(2)
         env = dict(
             os.environ,
             KUBECONFIG=str(self.kubeconfig),

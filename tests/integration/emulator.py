@@ -82,6 +82,8 @@ class Emulator(kmock.KubernetesEmulator):
     """kmock's emulator with resourceVersions, uids, the status subresource, no-replay watches and GC."""
 
     _rv: int = attrs.field(default=0, init=False)
+    deletions: list[tuple[str, str | None, str]] = attrs.field(factory=list, init=False)
+    """(resource, namespace, name) of every object deleted, in order (for ordering assertions)."""
 
     async def _handle(self, request: Any) -> Any:
         # Apply writes here with our semantics; the stock fallbacks then render the stored object.
@@ -163,6 +165,7 @@ class Emulator(kmock.KubernetesEmulator):
             return
         self._rv += 1
         self._objects[key].delete()
+        self.deletions.append((str(key[0]), key[1], key[2]))
         gone = dict(obj, metadata=dict(obj["metadata"], resourceVersion=str(self._rv)))
         await self._buses[key[0]].put({"type": "DELETED", "object": gone})
         uid = obj["metadata"]["uid"]

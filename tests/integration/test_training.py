@@ -67,3 +67,195 @@ def test_a_job_runs_to_succeeded(world: World, operator) -> None:
     world.wait_event("iris", "Succeeded")
     assert operator.metric("mlvisor_reconciles_total", kind=TJ, result="ok") > 0
     assert operator.metric("mlvisor_event_to_action_seconds_count") > 0
+
+
+def test_exit_1_is_restarted_after_backoff(world: World, operator) -> None:
+    world.create(TJ, "crash", job_spec())
+    world.wait_pod("crash-worker-0-1")
+    world.run_pod("crash-worker-0-1")
+    world.exit_pod("crash-worker-0-1", 1)
+
+    world.wait_event("crash", "Restarting")
+    world.wait_pod("crash-worker-0-2")  # after the 0.2 s back-off, no event needed: the requeue timer
+    status = world.status(TJ, "crash")
+    sup = status["supervision"]
+    assert sup["restartsInWindow"] == 1 and sup["totalRestarts"] == 1
+    assert len(sup["restartTimes"]) == 1
+    assert sup["lastFailure"]["exitCode"] == 1 and sup["lastFailure"]["pod"] == "crash-worker-0-1"
+    assert status["workers"][0]["attempt"] == 2
+    assert world.live_pods("crash") == {"crash-worker-0-1", "crash-worker-0-2"}  # the failed one is kept for logs
+    eventually(lambda: operator.metric("mlvisor_restarts_total", kind=TJ) >= 1, what="restarts metric")
+
+
+def test_exit_2_fails_the_job_at_once(world: World, operator) -> None:
+    world.create(TJ, "badspec", job_spec())
+    world.wait_pod("badspec-worker-0-1")
+    world.exit_pod("badspec-worker-0-1", 2)
+
+    failed = world.wait_condition(TJ, "badspec", "Failed")
+    status = world.status(TJ, "badspec")
+    assert status["phase"] == "Failed"
+    assert status["supervision"]["totalRestarts"] == 0
+    assert failed["reason"] != "RestartIntensityExceeded"
+    assert any(e["type"] == "Warning" for e in world.events("badspec"))
+    stays(lambda: world.live_pods("badspec") == {"badspec-worker-0-1"}, 1.0, "a Failed job starts no pod")
+
+
+def test_eviction_restarts_without_counting(world: World, operator) -> None:
+    world.create(TJ, "evicted", job_spec(supervision={"maxRestarts": 0}))
+    world.wait_pod("evicted-worker-0-1")
+    world.run_pod("evicted-worker-0-1")
+    world.evict_pod("evicted-worker-0-1")
+
+    world.wait_pod("evicted-worker-0-2")
+    sup = world.status(TJ, "evicted")["supervision"]
+    assert sup["restartsInWindow"] == 0  # maxRestarts 0 would have escalated a counted failure
+    assert sup["totalRestarts"] == 1
+    assert sup["lastFailure"]["reason"] == "Evicted" and sup["lastFailure"]["action"] == "Ignore"
+    assert world.status(TJ, "evicted")["phase"] in ("Running", "Restarting")
+
+
+def test_one_for_all_restarts_every_worker(world: World, operator) -> None:
+    world.create(TJ, "ofa", search_spec(3, "OneForAll"))
+    first = {f"ofa-worker-{i}-1" for i in range(3)}
+    world.wait_pods("ofa", first)
+    for name in first:
+        world.run_pod(name)
+    world.exit_pod("ofa-worker-1-1", 1)
+
+    second = {f"ofa-worker-{i}-2" for i in range(3)}
+    # the running peers are stopped, the failed pod is kept; every worker gets a new attempt
+    world.wait_pods("ofa", second | {"ofa-worker-1-1"})
+    sup = world.status(TJ, "ofa")["supervision"]
+    assert sup["restartsInWindow"] == 1, "a group restart counts once"
+
+
+def test_rest_for_one_restarts_the_failed_worker_and_those_after_it(world: World, operator) -> None:
+    world.create(TJ, "rfo", search_spec(3, "RestForOne"))
+    first = {f"rfo-worker-{i}-1" for i in range(3)}
+    world.wait_pods("rfo", first)
+    for name in first:
+        world.run_pod(name)
+    world.exit_pod("rfo-worker-1-1", 1)
+
+    world.wait_pods("rfo", {"rfo-worker-0-1", "rfo-worker-1-1", "rfo-worker-1-2", "rfo-worker-2-2"})
+    assert world.status(TJ, "rfo")["supervision"]["restartsInWindow"] == 1
+
+
+def test_fourth_failure_in_the_window_escalates(world: World, operator, cluster) -> None:
+    world.create(TJ, "flaky", search_spec(3, "OneForOne", maxRestarts=3, backoff={"initialSeconds": 0, "factor": 1, "maxSeconds": 0}))
+    world.wait_pods("flaky", {f"flaky-worker-{i}-1" for i in range(3)})
+    for i in (1, 2):
+        world.run_pod(f"flaky-worker-{i}-1")
+    for attempt in range(1, 5):
+        name = f"flaky-worker-0-{attempt}"
+        world.wait_pod(name)
+        world.run_pod(name)
+        world.exit_pod(name, 1)
+
+    failed = world.wait_condition(TJ, "flaky", "Failed", reason="RestartIntensityExceeded")
+    assert "3" in failed["message"] and "60" in failed["message"], failed["message"]
+    status = world.status(TJ, "flaky")
+    assert status["phase"] == "Failed"
+    assert status["supervision"]["restartsInWindow"] == 4
+    world.wait_event("flaky", "RestartIntensityExceeded")
+    # the remaining workers are deleted, highest index first; the failed attempts stay for their logs
+    world.wait_pods("flaky", {f"flaky-worker-0-{a}" for a in range(1, 5)})
+    deleted = [name for (_, _, name) in cluster.emulator.deletions if name.startswith("flaky-worker-")]
+    assert deleted[-2:] == ["flaky-worker-2-1", "flaky-worker-1-1"], deleted
+    assert not any(n.startswith("flaky-worker-0-5") for n in world.pods("flaky"))
+    eventually(
+        lambda: operator.metric("mlvisor_escalations_total", kind=TJ, reason="RestartIntensityExceeded") == 1,
+        what="escalations metric",
+    )
+
+
+def test_operator_killed_mid_job_neither_duplicates_nor_double_counts(world: World, operator) -> None:
+    world.create(TJ, "resilient", job_spec())
+    world.wait_pod("resilient-worker-0-1")
+    world.run_pod("resilient-worker-0-1")
+    world.exit_pod("resilient-worker-0-1", 1)
+    world.wait_pod("resilient-worker-0-2")
+    world.run_pod("resilient-worker-0-2")
+    eventually(lambda: world.status(TJ, "resilient")["phase"] == "Running", what="Running again")
+
+    operator.kill()
+    world.exit_pod("resilient-worker-0-2", 1)  # fails while nobody watches
+    operator.start()
+
+    world.wait_pod("resilient-worker-0-3")
+    sup = world.status(TJ, "resilient")["supervision"]
+    assert (sup["restartsInWindow"], sup["totalRestarts"]) == (2, 2)
+
+    operator.kill()  # and once more, with nothing new to see
+    operator.start()
+    stays(
+        lambda: world.live_pods("resilient") == {f"resilient-worker-0-{a}" for a in (1, 2, 3)}
+        and world.status(TJ, "resilient")["supervision"]["totalRestarts"] == 2,
+        1.5,
+        "a restarted operator creates no pod and counts no failure twice",
+    )
+    assert [e["reason"] for e in world.events("resilient")].count("Restarting") == 2
+
+
+def test_deleting_a_job_removes_its_pods(world: World, operator) -> None:
+    world.create(TJ, "gone", search_spec(2, "OneForOne"))
+    world.wait_pods("gone", {"gone-worker-0-1", "gone-worker-1-1"})
+    world.delete(TJ, "gone")
+    eventually(lambda: world.live_pods("gone") == set(), what="pods garbage-collected")
+    stays(lambda: world.live_pods("gone") == set(), 1.0, "no pod is recreated for a deleted job")
+
+
+def test_suspend_deletes_running_pods_and_resume_starts_them_again(world: World, operator) -> None:
+    world.create(TJ, "pausable", job_spec())
+    world.wait_pod("pausable-worker-0-1")
+    world.run_pod("pausable-worker-0-1")
+    world.patch_spec(TJ, "pausable", {"suspend": True})
+    world.wait_phase(TJ, "pausable", "Suspended")
+    world.wait_pods("pausable", set())
+    world.wait_event("pausable", "Suspended")
+
+    world.patch_spec(TJ, "pausable", {"suspend": False})
+    world.wait_pod("pausable-worker-0-2")
+    assert world.status(TJ, "pausable")["supervision"]["restartsInWindow"] == 0
+    world.wait_event("pausable", "Resumed")
+
+
+def test_active_deadline_fails_the_job(world: World, operator) -> None:
+    world.create(TJ, "slow", job_spec(activeDeadlineSeconds=1))
+    world.wait_pod("slow-worker-0-1")
+    world.run_pod("slow-worker-0-1")
+    world.wait_condition(TJ, "slow", "Failed", reason="DeadlineExceeded", timeout=10)
+    world.wait_pods("slow", set())
+
+
+def test_ttl_after_finished_deletes_the_pods(world: World, operator) -> None:
+    world.create(TJ, "tidy", job_spec(ttlSecondsAfterFinished=1))
+    world.wait_pod("tidy-worker-0-1")
+    world.exit_pod("tidy-worker-0-1", 0)
+    world.wait_phase(TJ, "tidy", "Succeeded")
+    world.wait_pods("tidy", set(), timeout=10)
+    assert world.status(TJ, "tidy")["phase"] == "Succeeded"
+
+
+def test_an_invalid_job_gets_invalid_spec_and_no_pods(world: World, operator) -> None:
+    world.create(TJ, "typo", job_spec(estimator={"class": "os.system"}))
+    failed = world.wait_condition(TJ, "typo", "Failed", reason="InvalidSpec")
+    assert "spec.estimator.class" in failed["message"]
+    assert world.status(TJ, "typo")["phase"] == "Failed"
+    warning = world.wait_event("typo", "InvalidSpec")
+    assert warning["type"] == "Warning"
+    stays(lambda: world.pods("typo") == {} and world.event_reasons("typo").count("InvalidSpec") == 1, 1.0,
+          "no pod, and one Warning per generation, not a retry loop")
+    assert world.status(TJ, "typo")["observedGeneration"] == 1
+    assert operator.proc.poll() is None
+
+
+def test_a_grid_too_large_for_the_operator_gets_invalid_spec(world: World, operator) -> None:
+    # passes the CRD schema (each list is short enough) but not the operator's own limit
+    grid = {f"p{i}": list(range(10)) for i in range(6)}  # 10**6 combinations
+    world.create(TJ, "huge", job_spec(search={"grid": grid, "cv": 2}, workers=2))
+    failed = world.wait_condition(TJ, "huge", "Failed", reason="InvalidSpec")
+    assert "spec.search.grid" in failed["message"]
+    assert world.wait_event("huge", "InvalidSpec")["type"] == "Warning"
+    stays(lambda: world.pods("huge") == {}, 0.5, "no pod for an invalid job")

@@ -167,11 +167,12 @@ class World:
         return eventually(lambda: self.pod(name), timeout, f"pod {name}")
 
     def wait_pods(self, instance: str, names: set[str], timeout: float = 15) -> set[str]:
-        return eventually(
-            lambda: (live := self.live_pods(instance)) == names and live or None,
+        eventually(
+            lambda: self.live_pods(instance) == names,
             timeout,
             f"pods of {instance} to be exactly {sorted(names)} (are {sorted(self.live_pods(instance))})",
         )
+        return names
 
     def deployment(self, name: str) -> dict[str, Any]:
         return self.request("GET", f"/apis/apps/v1/namespaces/{self.ns}/deployments/{name}", None, "")
