@@ -28,6 +28,7 @@ from mlvisor.operator.kube.logs import fields
 from mlvisor.operator.kube.metrics import Metrics
 from mlvisor.operator.kube.observe import is_controlled_by, observe_deployment, observe_pod, termination_summary
 from mlvisor.operator.reconcile import conditions, plan as p
+from mlvisor.operator.reconcile.serving import plan_serving
 from mlvisor.operator.reconcile.training import plan_training
 
 logger = logging.getLogger(__name__)
@@ -173,8 +174,6 @@ class Controllers:
         pods = await self.kube.list(client.core_path("pods", namespace), selector)
         observed = [observe_pod(pod) for pod in pods]
         source = await self._model_source(server)
-        from mlvisor.operator.reconcile.serving import plan_serving
-
         plan = plan_serving(server, deployment, observed, source, self.clock(), self.config)
         applied = await self.applier.apply(body, plan)
         self._count(SERVING, body, plan, applied, since)

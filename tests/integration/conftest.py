@@ -166,6 +166,11 @@ def operator(kubeconfig: Path, tmp_path: Path, request: pytest.FixtureRequest) -
         assert code in (0, None), f"the operator exited with {code}:\n{op.logs()[-5000:]}"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # kmock 0.8 loads its bundled resources with a deprecated importlib call.
+    config.addinivalue_line("filterwarnings", "ignore:read_binary is deprecated:DeprecationWarning")
+
+
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield

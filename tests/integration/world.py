@@ -266,3 +266,54 @@ class World:
                 ],
             },
         )
+
+
+class ReplicaSetRole:
+    """The test playing the Deployment controller and the kubelet for a ModelServer's pods."""
+
+    def __init__(self, world: World, deployment: str) -> None:
+        self.world = world
+        self.deployment = deployment
+
+    def template(self) -> dict[str, Any]:
+        return self.world.deployment(self.deployment)["spec"]["template"]
+
+    def start_pod(self, name: str, ready: bool = True, restart_count: int = 0) -> str:
+        """A pod from the Deployment's current template, running."""
+        template = self.template()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {**template["metadata"], "name": name, "namespace": self.world.ns},
+            "spec": template["spec"],
+        }
+        self.world.request("POST", f"/api/v1/namespaces/{self.world.ns}/pods", body, "application/json")
+        self.world.run_pod(name, ready=ready, restart_count=restart_count)
+        return name
+
+    def crash(self, name: str, restart_count: int) -> None:
+        """The kubelet restarted the container in place: restartCount goes up, lastState says why."""
+        container = self.world.pod(name)["spec"]["containers"][0]["name"]
+        self.world.set_pod_status(
+            name,
+            {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [
+                    {"name": container, "ready": False, "restartCount": restart_count, "image": "mlvisor:dev",
+                     "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                     "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": now_iso()}}}
+                ],
+            },
+        )
+
+    def set_status(self, replicas: int, ready: int, updated: int | None = None) -> None:
+        status = {"replicas": replicas, "readyReplicas": ready, "updatedReplicas": ready if updated is None else updated,
+                  "availableReplicas": ready, "observedGeneration": self.world.deployment(self.deployment)["metadata"]["generation"]}
+        self.world.request(
+            "PATCH", f"/apis/apps/v1/namespaces/{self.world.ns}/deployments/{self.deployment}/status",
+            {"status": status}, MERGE,
+        )
+
+    def delete_pod(self, name: str) -> None:
+        self.world.request("DELETE", f"/api/v1/namespaces/{self.world.ns}/pods/{name}", None, "")

@@ -1,0 +1,109 @@
+"""ModelServer scenarios: the real operator against the emulator, the test playing the ReplicaSet controller and kubelet."""
+
+from __future__ import annotations
+
+from integration.world import ReplicaSetRole, World, eventually, stays
+
+MS = "ModelServer"
+TJ = "TrainingJob"
+V1 = "pvc://mlvisor-models/default/iris/v1/"
+V2 = "pvc://mlvisor-models/default/iris/v2/"
+ANNOTATION = "mlvisor.dev/model-uri"
+
+
+def server_spec(uri: str | None = None, job: str | None = None, **more):
+    model = {"uri": uri} if uri else {"trainingJobRef": {"name": job}}
+    return {"model": model, "replicas": 1, "supervision": {"maxRestarts": 2, "periodSeconds": 300, "onExhausted": "Rollback"}, **more}
+
+
+def serving(world: World, rs: ReplicaSetRole, pod: str, uri: str) -> None:
+    eventually(lambda: rs.template()["metadata"]["annotations"][ANNOTATION] == uri, what=f"Deployment rolling out {uri}")
+    rs.start_pod(pod)
+    rs.set_status(replicas=1, ready=1)
+
+
+def test_a_server_serves_a_uri_and_reports_ready(world: World, operator) -> None:
+    world.create(MS, "iris", server_spec(V1))
+    deployment = eventually(lambda: world.deployment("iris"), what="the Deployment")
+    owner = deployment["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["controller"]) == (MS, "iris", True)
+    service = world.service("iris")
+    assert service["metadata"]["ownerReferences"][0]["uid"] == world.get(MS, "iris")["metadata"]["uid"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"].startswith("/v2/health")
+    assert container["livenessProbe"]["httpGet"]["path"].startswith("/v2/health")
+
+    rs = ReplicaSetRole(world, "iris")
+    serving(world, rs, "iris-a", V1)
+    world.wait_condition(MS, "iris", "Ready")
+    status = world.wait_phase(MS, "iris", "Ready")
+    assert status["modelVersion"] == "v1"
+    assert status["url"] == "http://iris.default.svc:80/v2/models/iris"
+    assert (status["replicas"], status["readyReplicas"]) == (1, 1)
+    assert status["observedGeneration"] == 1
+    eventually(lambda: world.status(MS, "iris").get("lastGoodModelVersion") == "v1", what="v1 recorded as good")
+
+
+def test_a_server_whose_pods_keep_restarting_rolls_back(world: World, operator) -> None:
+    world.create(MS, "iris", server_spec(V1))
+    rs = ReplicaSetRole(world, "iris")
+    eventually(lambda: world.deployment("iris"), what="the Deployment")
+    serving(world, rs, "iris-v1", V1)
+    eventually(lambda: world.status(MS, "iris").get("lastGoodModelVersion") == "v1", what="v1 Ready")
+
+    world.patch_spec(MS, "iris", {"model": {"uri": V2}})
+    eventually(lambda: rs.template()["metadata"]["annotations"][ANNOTATION] == V2, what="rolling out v2")
+    world.wait_event("iris", "Deploying")
+    rs.start_pod("iris-v2", ready=False)
+    for count in (1, 2, 3):  # maxRestarts 2: the 3rd restart in the window escalates
+        rs.crash("iris-v2", count)
+        eventually(lambda: world.status(MS, "iris")["supervision"].get("totalRestarts", 0) >= count or
+                   world.status(MS, "iris")["phase"] == "RolledBack", what=f"restart {count} counted")
+
+    rolled = world.wait_condition(MS, "iris", "RolledBack")
+    assert "v2" in rolled["message"]
+    status = world.wait_phase(MS, "iris", "RolledBack")
+    assert status["modelVersion"] == "v1" and status["lastGoodModelVersion"] == "v1"
+    eventually(lambda: rs.template()["metadata"]["annotations"][ANNOTATION] == V1, what="Deployment back on v1")
+    world.wait_event("iris", "RolledBack")
+    eventually(lambda: operator.metric("mlvisor_rollbacks_total") == 1, what="rollbacks metric")
+    stays(lambda: rs.template()["metadata"]["annotations"][ANNOTATION] == V1, 1.0, "v2 is not deployed again")
+
+
+def test_a_server_follows_its_training_job(world: World, operator) -> None:
+    world.create(MS, "iris", server_spec(job="iris"))
+    world.wait_phase(MS, "iris", "Pending")
+    assert not world.exists("/apis/apps/v1/namespaces/default/deployments/iris")
+
+    world.create(TJ, "iris", {"dataset": {"builtin": "iris"}, "estimator": {"class": "sklearn.svm.SVC"}})
+    world.wait_pod("iris-worker-0-1")
+    world.exit_pod("iris-worker-0-1", 0)
+    model = world.wait_phase(TJ, "iris", "Succeeded")["model"]
+
+    # well before the planner's own 15 s re-check: the job's status event re-reconciles the server
+    deployment = eventually(lambda: world.deployment("iris"), timeout=5, what="the Deployment after the job succeeded")
+    assert deployment["spec"]["template"]["metadata"]["annotations"][ANNOTATION] == model["uri"]
+    eventually(lambda: world.status(MS, "iris").get("modelVersion") == model["version"], timeout=5, what="modelVersion")
+
+
+def test_a_file_uri_is_invalid_on_kubernetes_until_fixed(world: World, operator) -> None:
+    world.create(MS, "local", server_spec("file:///models/iris/v1/"))
+    failed = world.wait_condition(MS, "local", "Failed", reason="InvalidSpec")
+    assert "spec.model.uri" in failed["message"] and "file://" in failed["message"]
+    assert world.wait_event("local", "InvalidSpec")["type"] == "Warning"
+    stays(lambda: not world.exists("/apis/apps/v1/namespaces/default/deployments/local")
+          and world.event_reasons("local").count("InvalidSpec") == 1, 1.0, "no Deployment, one Warning")
+
+    world.patch_spec(MS, "local", {"model": {"uri": V1}})
+    eventually(lambda: world.deployment("local"), what="the Deployment once the spec is fixed")
+
+
+def test_deleting_a_server_removes_its_deployment_and_service(world: World, operator) -> None:
+    world.create(MS, "bye", server_spec(V1))
+    eventually(lambda: world.deployment("bye") and world.service("bye"), what="children")
+    world.delete(MS, "bye")
+    eventually(
+        lambda: not world.exists("/apis/apps/v1/namespaces/default/deployments/bye")
+        and not world.exists("/api/v1/namespaces/default/services/bye"),
+        what="children garbage-collected",
+    )
