@@ -206,6 +206,8 @@ class Policy:
     backoff_max: float = 0.0
     children: tuple[int, ...] = field(default=(0,))
     """Indices of every child of the supervisor, in start order."""
+    child_noun: str = "worker"
+    """What a child is called in messages (worker, replica)."""
 
 
 def _remember(state: SupervisorState, key: str) -> tuple[str, ...]:
@@ -226,7 +228,10 @@ def supervise_exit(
     if key in state.seen_failures:
         return Decision(Verdict.DUPLICATE, "AlreadyHandled", f"{exit_.pod} was already handled"), state
     seen = _remember(state, key)
-    who = f"worker {exit_.child} (pod {exit_.pod})"
+    if len(policy.children) > 1:
+        who = f"{policy.child_noun} {exit_.child} (pod {exit_.pod})"
+    else:
+        who = f"{policy.child_noun} pod {exit_.pod}"
 
     if exit_.succeeded and not should_restart(policy.restart, succeeded=True):
         return Decision(Verdict.DONE, "Completed", f"{who} completed"), replace(state, seen_failures=seen)
@@ -287,7 +292,7 @@ def supervise_exit(
         Decision(
             Verdict.RESTART,
             "Restarting",
-            f"{who} {what}; restarting {_group_words(group, policy.strategy)} in {delay:g}s ({window})",
+            f"{who} {what}; restarting {_group_words(group, policy)} in {delay:g}s ({window})",
             restart=group,
             delay=delay,
             counted=True,
@@ -310,7 +315,9 @@ def _describe(f: Failure) -> str:
     return ", ".join(parts) if parts else "failed"
 
 
-def _group_words(group: tuple[int, ...], strategy: Strategy) -> str:
+def _group_words(group: tuple[int, ...], policy: Policy) -> str:
+    if len(policy.children) == 1:
+        return "it"
     if len(group) == 1:
-        return f"worker {group[0]}"
-    return f"workers {', '.join(map(str, group))} ({strategy.value})"
+        return f"{policy.child_noun} {group[0]}"
+    return f"{policy.child_noun}s {', '.join(map(str, group))} ({policy.strategy.value})"

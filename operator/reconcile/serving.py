@@ -251,6 +251,7 @@ class _ServingReconcile:
             period_seconds=sup.period_seconds,
             failure_policy=SERVER_FAILURE_POLICY,
             children=(0,),
+            child_noun="server",
         )
 
     def _exits(self) -> list[Failure]:

@@ -263,3 +263,11 @@ def test_law_history_stays_bounded_and_windowed_over_any_run(steps, policy):
             assert all(t >= now - policy.period_seconds for t in state.restart_times)
         if decision.verdict is Verdict.ESCALATE:
             break
+
+
+def test_messages_name_the_child_the_way_the_resource_calls_it():
+    d, _ = supervise_exit(SupervisorState(), _f(child=1, pod="iris-worker-1-1", exit_code=1), _policy(), 0)
+    assert d.message.startswith("worker 1 (pod iris-worker-1-1) exited with code 1; restarting worker 1 in 1s")
+    server = _policy(children=(0,), child_noun="server", restart=RestartType.PERMANENT)
+    d, _ = supervise_exit(SupervisorState(), _f(pod="iris-5d8-x", exit_code=137, reason="Error"), server, 0)
+    assert d.message.startswith("server pod iris-5d8-x exited with code 137, reason Error; restarting it in 1s")
