@@ -1,0 +1,128 @@
+"""The pure parts of the Kubernetes shell: observing pods and Deployments, patch arithmetic, the work queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from mlvisor.operator.kube.adapter import is_subset, merge_patch
+from mlvisor.operator.kube.observe import observe_deployment, observe_pod, termination_summary
+from mlvisor.operator.kube.queue import WorkQueue
+
+
+def _pod(phase="Running", labels=None, status=None, **meta):
+    return {"metadata": {"name": "iris-worker-1-2", "labels": labels or {}, **meta},
+            "status": {"phase": phase, **(status or {})}}
+
+
+def test_a_failed_worker_reports_exit_code_reason_index_and_attempt():
+    pod = _pod("Failed", {"mlvisor.dev/worker-index": "1", "mlvisor.dev/attempt": "2"},
+               {"containerStatuses": [{"restartCount": 0, "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]})
+    seen = observe_pod(pod)
+    assert (seen.index, seen.attempt, seen.phase, seen.exit_code, seen.reason) == (1, 2, "Failed", 137, "OOMKilled")
+
+
+def test_an_eviction_is_reported_by_its_pod_reason_not_the_container_error():
+    pod = _pod("Failed", status={"reason": "Evicted", "conditions": [{"type": "DisruptionTarget", "status": "True"}],
+                                 "containerStatuses": [{"state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]})
+    seen = observe_pod(pod)
+    assert seen.reason == "Evicted" and "DisruptionTarget" in seen.conditions and seen.exit_code == 137
+
+
+def test_a_restarted_container_reports_its_last_termination_and_count():
+    pod = _pod(status={"conditions": [{"type": "Ready", "status": "False"}], "containerStatuses": [
+        {"restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+         "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}]})
+    seen = observe_pod(pod)
+    assert (seen.restart_count, seen.exit_code, seen.reason, seen.ready) == (3, 1, "Error", False)
+
+
+def test_select_pods_pending_pods_and_deleting_pods():
+    assert observe_pod(_pod(labels={"mlvisor.dev/worker-index": "select"})).index == -1
+    fresh = observe_pod({"metadata": {"name": "p"}})
+    assert (fresh.phase, fresh.exit_code, fresh.reason, fresh.attempt) == ("Pending", None, None, 1)
+    assert observe_pod(_pod(deletionTimestamp="2026-01-01T00:00:00Z")).deleting
+    assert observe_pod(_pod("Weird")).phase == "Unknown"
+
+
+def test_a_deployment_reports_counts_and_the_model_it_rolls_out():
+    seen = observe_deployment({"metadata": {"name": "iris"}, "spec": {"template": {"metadata": {"annotations": {
+        "mlvisor.dev/model-uri": "pvc://m/v2/"}}}}, "status": {"replicas": 2, "readyReplicas": 1, "updatedReplicas": 1}})
+    assert (seen.replicas, seen.ready_replicas, seen.updated_replicas, seen.model_uri) == (2, 1, 1, "pvc://m/v2/")
+    assert observe_deployment({"metadata": {"name": "x"}}).ready_replicas == 0
+
+
+def test_termination_summary_reads_the_newest_json_message_of_a_succeeded_pod():
+    def done(message, at, phase="Succeeded"):
+        return {"status": {"phase": phase, "containerStatuses": [{"state": {"terminated": {"message": message, "finishedAt": at}}}]}}
+    pods = [done(json.dumps({"version": "a"}), "2026-01-01T00:00:01Z"), done(json.dumps({"version": "b"}), "2026-01-01T00:00:02Z"),
+            done("not json", "2026-01-01T00:00:03Z"), done(json.dumps({"version": "c"}), "2026-01-01T00:00:04Z", "Failed")]
+    assert termination_summary(pods) == {"version": "b"}
+    assert termination_summary([]) is None
+
+
+def test_merge_patch_sets_changes_and_nulls_what_went_away():
+    old = {"phase": "Restarting", "supervision": {"nextRestartTime": "t", "totalRestarts": 1}, "conditions": [1]}
+    new = {"phase": "Running", "supervision": {"totalRestarts": 1}, "conditions": [1, 2]}
+    assert merge_patch(old, new) == {"phase": "Running", "supervision": {"nextRestartTime": None}, "conditions": [1, 2]}
+    assert merge_patch(new, new) is None
+
+
+def test_is_subset_ignores_server_defaults_but_not_changes():
+    desired = {"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "s", "image": "a"}]}}}}
+    live = {"spec": {"replicas": 1, "revisionHistoryLimit": 10, "template": {"spec": {"containers": [
+        {"name": "s", "image": "a", "terminationMessagePath": "/dev/termination-log"}]}}}, "status": {}}
+    assert is_subset(desired, live)
+    live["spec"]["template"]["spec"]["containers"][0]["image"] = "b"
+    assert not is_subset(desired, live)
+
+
+def test_the_queue_serialises_coalesces_and_requeues():
+    calls: list[tuple[str, bool]] = []
+    running = 0
+    overlap = False
+
+    async def reconcile(key, since):
+        nonlocal running, overlap
+        running += 1
+        overlap = overlap or running > 1
+        calls.append((key, since is not None))
+        await asyncio.sleep(0.02)
+        running -= 1
+        return 0.05 if len([c for c in calls if c[0] == key]) == 1 else None
+
+    async def main():
+        queue = WorkQueue(reconcile)
+        for _ in range(5):
+            queue.trigger("a")
+        await asyncio.sleep(0.005)
+        for _ in range(5):
+            queue.trigger("a")  # while running: one more run afterwards, not five
+        await asyncio.sleep(0.3)
+        await queue.close()
+
+    asyncio.run(main())
+    assert not overlap
+    # ten triggers -> two runs; the first run's requeue (0.05 s) is superseded by the earlier re-run
+    assert [c[0] for c in calls] == ["a", "a"]
+    assert calls[0][1] is True  # the first run serves an event
+
+
+def test_a_failing_reconcile_is_retried_with_backoff():
+    attempts = 0
+
+    async def reconcile(key, since):
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise RuntimeError("API unreachable")
+        return None
+
+    async def main():
+        queue = WorkQueue(reconcile, retry_delays=(0.01, 0.02))
+        queue.trigger("a")
+        await asyncio.sleep(0.3)
+        await queue.close()
+
+    asyncio.run(main())
+    assert attempts == 3
