@@ -5,7 +5,7 @@ is tested end to end. It validates the files exactly like `mlvisor validate`, ru
 the local runtime (same planners, same supervision core as the Kubernetes controllers), shows
 a live table, keeps an optional JSON status file up to date for scripts, and stops every
 child on Ctrl-C. Exit codes: 0 all went well; 1 a resource failed, a readiness or prediction
-check failed, or --timeout passed; 2 the files are not valid; 130 Ctrl-C; 143 SIGTERM.
+check failed, or --timeout passed; 2 the files are not valid; 130 Ctrl-C; 143 SIGTERM; 129 SIGHUP.
 """
 
 from __future__ import annotations

@@ -303,6 +303,11 @@ class LocalRuntime:
             p.kill()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
+    def kill_all(self) -> None:
+        """SIGKILL every process group of the run now (shutdown() still waits for them)."""
+        for p in self.processes:
+            p.kill()
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)

@@ -4,8 +4,8 @@ Kept apart from the runtime so the control loop knows nothing about terminals, s
 exit codes, and apart from the CLI so argument parsing stays import-free.
 
 When it ends:
-- Ctrl-C / SIGTERM: stop every child (SIGTERM to each process group, SIGKILL after the
-  grace period), write the final status, exit 130 / 143.
+- Ctrl-C / SIGTERM / SIGHUP: stop every child (SIGTERM to each process group, SIGKILL after
+  the grace period, at once on a second Ctrl-C), write the final status, exit 130 / 143 / 129.
 - ``--exit-after-ready`` / ``--predict``: once every TrainingJob is finished and every
   ModelServer is settled (Ready, RolledBack or Failed), check that each Ready server answers
   (V2 model-ready, then the --predict request) and exit 0 only if every job succeeded and
@@ -34,6 +34,8 @@ from mlvisor.operator.local.view import TerminalView
 
 TERMINAL_JOB_PHASES = ("Succeeded", "Failed")
 SETTLED_SERVER_PHASES = ("Ready", "RolledBack", "Failed")
+#: Ctrl-C, kill, a closed terminal: each stops every child; exit code 128 + signal number.
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -104,10 +106,12 @@ class Session:
         def on_signal(sig: int) -> None:
             if self._signal is None:
                 self._signal = sig
-                self.view.say(f"{signal.Signals(sig).name}: stopping every process...")
+                self.view.say(f"{signal.Signals(sig).name}: stopping every process (again to kill them now)...")
+            else:
+                self.runtime.kill_all()  # a second Ctrl-C: no more grace
             stop.set()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in HANDLED_SIGNALS:
             loop.add_signal_handler(sig, on_signal, sig)
         original_changed = self.view.changed
 
@@ -130,7 +134,7 @@ class Session:
             await asyncio.gather(loop_task, return_exceptions=True)
             await self.runtime.shutdown()
             self.view.changed(self.runtime)
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in HANDLED_SIGNALS:
                 loop.remove_signal_handler(sig)
         self.view.finish(summary)
         return code
@@ -138,7 +142,7 @@ class Session:
     def _summary(self) -> tuple[bool, list[str]]:
         ok = True
         lines = []
-        for key, status in self.view.doc.items():
+        for key, status in sorted(self.view.doc.items(), key=lambda kv: (not kv[0].startswith("TrainingJob/"), kv[0])):
             kind, ns, name = key.split("/", 2)
             phase = status.get("phase", "Pending")
             line = f"{kind} {ns}/{name}: {phase}"
@@ -189,8 +193,10 @@ class Session:
                 if loop_task.done() and loop_task.exception() is not None:
                     raise loop_task.exception()  # type: ignore[misc]
                 _, lines = self._summary()
-                code = 130 if self._signal == signal.SIGINT else 143 if self._signal == signal.SIGTERM else 1
-                return code, lines
+                if self._signal is not None:
+                    name = signal.Signals(self._signal).name
+                    return 128 + self._signal, [f"stopped by {name}; last status of each resource:", *lines]
+                return 1, lines
             if deadline is not None and time.monotonic() >= deadline and self.options.exit_after_ready:
                 _, lines = self._summary()
                 return 1, [*lines, f"timed out after {self.options.timeout:g}s before every resource was ready"]

@@ -26,10 +26,13 @@ def _restarts(status: dict[str, Any]) -> str:
     return f"{sup.get('restartsInWindow', 0)} ({sup.get('totalRestarts', 0)})"
 
 
-def _metrics(status: dict[str, Any]) -> str:
-    model = status.get("model") or {}
-    metrics = model.get("metrics") or {}
-    return " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())[:3]) or "-"
+def _score(status: dict[str, Any]) -> str:
+    """The headline metric (accuracy for classifiers, r2 for regressors), short."""
+    metrics = (status.get("model") or {}).get("metrics") or {}
+    for name in ("accuracy", "r2", *sorted(metrics)):
+        if name in metrics:
+            return f"{name}={metrics[name]:.3f}"
+    return "-"
 
 
 def _worker_line(w: dict[str, Any]) -> str:
@@ -42,15 +45,16 @@ def _worker_line(w: dict[str, Any]) -> str:
 
 def table_lines(doc: dict[str, Any]) -> list[str]:
     """The table for a status document: one row per resource, worker progress under jobs."""
-    header = ("RESOURCE", "PHASE", "WORKERS/READY", "RESTARTS", "METRICS/MODEL", "URL")
+    header = ("RESOURCE", "PHASE", "WORKERS/READY", "RESTARTS", "SCORE/MODEL", "URL")
     rows: list[tuple[str, ...]] = []
     details: dict[int, list[str]] = {}
-    for key, status in doc.items():
+    # TrainingJobs first: they are what the servers wait for.
+    for key, status in sorted(doc.items(), key=lambda kv: (not kv[0].startswith("TrainingJob/"), kv[0])):
         kind, _ns, name = key.split("/", 2)
         if kind == "TrainingJob":
             short = f"tj/{name}"
             workers = status.get("workersSummary") or "-"
-            rows.append((short, status.get("phase", "Pending"), workers, _restarts(status), _metrics(status), "-"))
+            rows.append((short, status.get("phase", "Pending"), workers, _restarts(status), _score(status), "-"))
             lines = [_worker_line(w) for w in status.get("workers") or []]
             if status.get("select"):
                 lines.append(_worker_line(status["select"]))
