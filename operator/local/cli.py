@@ -50,7 +50,7 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="YAML files of TrainingJob/ModelServer documents")
-    p.add_argument("--data-dir", type=Path, default=None,
+    p.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                    help=f"volumes, logs and scratch space (default {default_data_dir()})")
     p.add_argument("--status-file", type=Path, metavar="PATH",
                    help="keep a JSON document of every resource's status here (rewritten atomically on change)")
