@@ -95,6 +95,13 @@ def test_iris_sample_trains_serves_and_predicts_over_v2_then_ctrl_c_leaves_nothi
     finally:
         client.close()
 
+    # The status file holds exactly what the custom resources' status would (extra fields are refused).
+    from mlvisor.operator import api
+
+    status = run.status()
+    api.TrainingJobStatus.model_validate(status["TrainingJob/default/iris"])
+    api.ModelServerStatus.model_validate(status["ModelServer/default/iris"])
+
     alive = [p["pid"] for p in run.pids() if p["running"]]
     assert alive, "the server process should be running"
     assert run.interrupt() == 130
