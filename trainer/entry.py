@@ -31,10 +31,14 @@ import sys
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlvisor.operator.api import EXIT_INVALID_SPEC
 from mlvisor.trainer.logs import EventLog
 from mlvisor.trainer.spec import InvalidSpec, LoadedSpec, load_spec_file, load_spec_json
+
+if TYPE_CHECKING:
+    from mlvisor.trainer.job import RunOptions
 
 EXIT_OK = 0
 EXIT_CRASH = 1
@@ -74,7 +78,7 @@ def _env_int(env: Mapping[str, str], name: str) -> int | None:
         raise InvalidSpec(f"{name} is {raw!r}; expected an integer") from None
 
 
-def options_from_args(args: argparse.Namespace, env: Mapping[str, str]):  # -> RunOptions
+def options_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> RunOptions:
     """Flags first, then environment; InvalidSpec for anything missing or malformed."""
     from mlvisor.trainer.job import RunOptions, new_version
 
