@@ -19,6 +19,8 @@ flag                   variable                  meaning
 
 Exit codes: 0 success; 2 invalid spec or data (``api.EXIT_INVALID_SPEC``: never worth
 retrying, the last log line says why); 1 anything else (a crash; the traceback is logged).
+On 1 and 2 the reason is also written to the pod's termination message
+(``/dev/termination-log``, or ``MLVISOR_TERMINATION_MESSAGE_PATH``), when that file exists.
 Log lines are JSON on stderr (see :mod:`mlvisor.trainer.logs`); stdout gets only the artifact
 path, once written.
 """
@@ -119,6 +121,22 @@ def options_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> RunOp
     )
 
 
+#: Kubernetes copies this file into containerStatuses[].state.terminated.message, so the
+#: operator can put the reason of a failed worker into the job's condition without reading logs.
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def write_termination_message(message: str, env: Mapping[str, str]) -> None:
+    """Write the failure reason to the pod's termination log, when there is one (never outside a pod)."""
+    path = Path(env.get("MLVISOR_TERMINATION_MESSAGE_PATH") or TERMINATION_LOG)
+    if not path.is_file():  # the kubelet creates it; never create files in /dev ourselves
+        return
+    try:
+        path.write_text(message[:4000])  # the kubelet keeps at most 4096 bytes
+    except OSError:
+        pass
+
+
 def execute(args: argparse.Namespace, env: Mapping[str, str] | None = None,
             log: EventLog | None = None) -> int:
     """Run the trainer for parsed ``args``; returns the exit code (never raises)."""
@@ -140,6 +158,7 @@ def execute(args: argparse.Namespace, env: Mapping[str, str] | None = None,
             path = run(opts, log)
     except InvalidSpec as e:
         log.error("invalid_spec", str(e), exit_code=EXIT_INVALID_SPEC)
+        write_termination_message(f"invalid spec: {e}", env)
         return EXIT_INVALID_SPEC
     except KeyboardInterrupt:
         log.error("interrupted", "interrupted", exit_code=130)
@@ -147,6 +166,7 @@ def execute(args: argparse.Namespace, env: Mapping[str, str] | None = None,
     except Exception as e:
         log.error("crash", f"{type(e).__name__}: {e}", exit_code=EXIT_CRASH,
                   traceback=traceback.format_exc())
+        write_termination_message(f"crash: {type(e).__name__}: {e}", env)
         return EXIT_CRASH
     if path is not None:
         print(path, flush=True)

@@ -26,6 +26,7 @@ SPEC: dict[str, Any] = {
 
 def trainer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MLVISOR_")}
+    clean["MLVISOR_TERMINATION_MESSAGE_PATH"] = os.devnull + ".absent"  # never the pod's own
     return subprocess.run([sys.executable, "-m", "mlvisor.trainer", *args], env={**clean, **env},
                           capture_output=True, text=True, timeout=120)
 
@@ -43,6 +44,7 @@ def pod_env(out: Path, **extra: str) -> dict[str, str]:
 def test_pods_run_two_shards_in_parallel_then_select(tmp_path: Path) -> None:
     out = tmp_path / "models"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MLVISOR_")}
+    clean["MLVISOR_TERMINATION_MESSAGE_PATH"] = os.devnull + ".absent"
     shards = [subprocess.Popen([sys.executable, "-m", "mlvisor.trainer"],
                                env={**clean, **pod_env(out, MLVISOR_WORKER_INDEX=str(i))},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

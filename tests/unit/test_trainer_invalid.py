@@ -19,6 +19,12 @@ IRIS_RF: dict[str, Any] = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _no_pod_termination_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never write the real /dev/termination-log when the suite itself runs inside a pod."""
+    monkeypatch.setenv("MLVISOR_TERMINATION_MESSAGE_PATH", str(tmp_path / "no-termination-log"))
+
+
 def with_(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return {**base, **changes}
 
@@ -253,3 +259,17 @@ def test_an_unexpected_error_is_a_crash_with_exit_1_and_a_traceback(
     assert code == 1
     assert (last["event"], last["msg"]) == ("crash", "OSError: disk on fire")
     assert "Traceback" in last["traceback"] and "boom" in last["traceback"]
+
+
+def test_the_reason_goes_to_the_pod_termination_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    term = tmp_path / "termination-log"
+    term.write_text("")  # the kubelet creates the file; the trainer only writes into it
+    monkeypatch.setenv("MLVISOR_TERMINATION_MESSAGE_PATH", str(term))
+    code, msg = run_spec(tmp_path, capsys, with_(IRIS_RF, estimator={"class": "sklearn.cluster.KMeans"}))
+    assert code == EXIT_INVALID_SPEC
+    assert term.read_text() == f"invalid spec: {msg}"
+    monkeypatch.setenv("MLVISOR_TERMINATION_MESSAGE_PATH", str(tmp_path / "absent"))
+    run_spec(tmp_path, capsys, with_(IRIS_RF, estimator={"class": "sklearn.cluster.KMeans"}))
+    assert not (tmp_path / "absent").exists()

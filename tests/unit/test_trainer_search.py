@@ -26,6 +26,12 @@ from mlvisor.trainer.search import (
 GRID = {"min_samples_leaf": [1, 8], "max_depth": [1, 2, None]}
 
 
+@pytest.fixture(autouse=True)
+def _no_pod_termination_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never write the real /dev/termination-log when the suite itself runs inside a pod."""
+    monkeypatch.setenv("MLVISOR_TERMINATION_MESSAGE_PATH", str(tmp_path / "no-termination-log"))
+
+
 def search_spec(workers: int = 1, grid: dict[str, list[Any]] | None = None, cv: int = 3
                 ) -> api.TrainingJobSpec:
     return api.TrainingJobSpec.model_validate({

@@ -20,6 +20,12 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "manifests" / "samples" / "iris.yaml"
 
 
+@pytest.fixture(autouse=True)
+def _no_pod_termination_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never write the real /dev/termination-log when the suite itself runs inside a pod."""
+    monkeypatch.setenv("MLVISOR_TERMINATION_MESSAGE_PATH", str(tmp_path / "no-termination-log"))
+
+
 def spec_of(**fields: Any) -> api.TrainingJobSpec:
     return api.TrainingJobSpec.model_validate(fields)
 
