@@ -249,9 +249,10 @@ class LocalProcess:
         assert self._proc is not None
         rc = await self._proc.wait()
         code, reason = exit_status(rc)
-        self.termination = Termination(code, reason, time.time())
-        # The leader is gone; anything it left behind in its group goes with it.
+        # The leader is gone (just reaped, so its group id is still ours): anything it left
+        # behind in its group goes with it.
         self._signal_group(signal.SIGKILL)
+        self.termination = Termination(code, reason, time.time())
         if self.on_exit:
             self.on_exit(self)
 
@@ -262,8 +263,12 @@ class LocalProcess:
             os.killpg(self.pid, sig)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send a signal to the whole group at once (no waiting)."""
-        self._signal_group(sig)
+        """Send a signal to the whole group at once (no waiting), if the process still runs.
+
+        Never after it was reaped: its pid, hence its group id, may belong to someone else by then.
+        """
+        if self.termination is None:
+            self._signal_group(sig)
 
     async def stop(self, grace: float = 5.0) -> None:
         """SIGTERM the group, wait up to ``grace`` seconds, then SIGKILL; returns once it exited."""
@@ -276,5 +281,4 @@ class LocalProcess:
                 await asyncio.wait_for(asyncio.shield(self._waiter), timeout=grace)
             except TimeoutError:
                 self._signal_group(signal.SIGKILL)
-        await self._waiter
-        self._signal_group(signal.SIGKILL)
+        await self._waiter  # _wait() has SIGKILLed what was left of the group

@@ -298,9 +298,8 @@ class LocalRuntime:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
-        # Belt and braces: any process group still alive is killed.
-        for p in self.processes:
-            p.kill()
+        # Belt and braces: any process still running is killed with its group.
+        self.kill_all()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     def kill_all(self) -> None:
@@ -493,7 +492,7 @@ class LocalRuntime:
         """Every process of the run: pod name, pid, whether it still runs."""
         return {
             "processes": [
-                {"pod": p.name, "pid": p.pid, "running": p.running,
+                {"pod": p.name, "pid": p.pid, "running": p.running, "startedAt": p.started_at,
                  "exitCode": None if p.termination is None else p.termination.exit_code}
                 for p in self.processes
             ]

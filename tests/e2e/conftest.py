@@ -30,29 +30,41 @@ SAMPLES = REPO / "manifests" / "samples"
 DEADLINE = float(os.environ.get("MLVISOR_E2E_DEADLINE", "90"))
 
 
-def _alive(pid: int) -> bool:
-    """True if pid runs and is not a zombie."""
+def _boot_time() -> float:
+    with open("/proc/stat") as f:
+        return float(next(line.split()[1] for line in f if line.startswith("btime ")))
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _proc(pid: int) -> tuple[str, int, int, float] | None:
+    """(state, process group, session, start time as epoch seconds) of a live pid, else None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z"
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[2]), int(fields[3]), _boot_time() + int(fields[19]) / _TICKS
 
 
-def _group_members(pgids: set[int]) -> list[int]:
-    members = []
+def _ours(started: dict[int, float]) -> list[int]:
+    """Live processes the run started, or that they started (same process group and session).
+
+    A pid number is never reused while it is still some live process's group or session id,
+    so group members whose leader is gone are ours for sure; a live leader is ours only if it
+    started when the run said it did. A pid reused by someone else since is never mistaken for
+    ours, so the cleanup can never kill another user's process.
+    """
+    table: dict[int, tuple[str, int, int, float]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) in pgids:
-            members.append(int(entry))
-    return members
+        if entry.isdigit() and (info := _proc(int(entry))) is not None and info[0] != "Z":
+            table[int(entry)] = info
+    ours_groups = {
+        pgid for pgid, when in started.items()
+        if pgid not in table or abs(table[pgid][3] - when) <= 2.0
+    }
+    return sorted(pid for pid, (_s, pgid, sid, _t) in table.items() if pgid in ours_groups and sid == pgid)
 
 
 class MlvisorRun:
@@ -133,8 +145,8 @@ class MlvisorRun:
     # cleanliness --------------------------------------------------------------------
 
     def leftovers(self) -> list[int]:
-        pids = {p["pid"] for p in self.pids() if p.get("pid")}
-        return sorted({p for p in pids if _alive(p)} | set(_group_members(pids)))
+        started = {p["pid"]: p.get("startedAt") or 0.0 for p in self.pids() if p.get("pid")}
+        return _ours(started)
 
     def assert_no_orphans(self) -> None:
         assert self.pids(), "the pid file lists no process at all"
@@ -150,10 +162,6 @@ class MlvisorRun:
                 self.proc.kill()
                 self.proc.wait()
         for pid in self.leftovers():
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
