@@ -119,3 +119,33 @@ def test_ctrl_c_while_workers_run_stops_them_all(mlvisor_run, samples: Path, tmp
     job = _job(run.status(), "iris-search")
     assert job["phase"] != "Succeeded"
     run.assert_no_orphans()
+
+
+def test_file_edits_are_applied_like_kubectl_apply_and_immutable_fields_are_refused(
+    mlvisor_run, iris_artifact: Path, tmp_path: Path
+) -> None:
+    # A ModelServer keeps the run alive after the job finished.
+    server = textwrap.dedent(f"""\
+        ---
+        apiVersion: mlvisor.dev/v1alpha1
+        kind: ModelServer
+        metadata: {{name: keepalive}}
+        spec:
+          model: {{uri: "file://{iris_artifact}/"}}
+        """)
+    job = FAST_JOB.format(name="edited", max_restarts=3)
+    spec = write_yaml(tmp_path / "edited.yaml", job + server)
+    run = mlvisor_run(spec, args=["--no-table"])
+    done = run.wait_for("job Succeeded", lambda s: _job(s, "edited")["phase"] == "Succeeded" and _job(s, "edited"))
+    assert done["observedGeneration"] == 1
+
+    spec.write_text(job.replace("DecisionTreeClassifier", "ExtraTreeClassifier") + server)
+    run.wait_for("the refusal", lambda s: "spec.estimator is immutable" in run.log())
+    assert _job(run.status(), "edited")["model"]["version"] == done["model"]["version"]
+
+    spec.write_text(job.replace("maxRestarts: 3", "maxRestarts: 4") + server)
+    after = run.wait_for("generation 2 observed",
+                         lambda s: _job(s, "edited")["observedGeneration"] == 2 and _job(s, "edited"))
+    assert after["phase"] == "Succeeded" and after["model"]["version"] == done["model"]["version"]
+    assert run.interrupt() == 130
+    run.assert_no_orphans()
