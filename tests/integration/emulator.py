@@ -10,7 +10,9 @@ subclass adds it (see /work/shared/research/kmock-fidelity.md, sections 6 and 7)
   422 on a failed JSON-patch ``test``;
 - the status subresource: ``/status`` changes only status, the main endpoint never does;
 - no replay of objects older than a watch's ``?resourceVersion=`` (kopf would re-process them);
-- background garbage collection of dependents through ownerReferences;
+- background garbage collection of dependents through ownerReferences, including objects
+  created with an ownerReference to an owner that is already gone (a reconcile racing the
+  owner's deletion does that; the real garbage collector deletes them);
 - equality ``labelSelector`` on lists (stock kmock ignores selectors, which would hide a
   missing selector in the operator);
 - ``/api/v1/namespaces`` served (stock parsing answers 500 there).
@@ -110,6 +112,8 @@ class Emulator(kmock.KubernetesEmulator):
             if key not in self._objects:
                 self._objects[key] = []
             await self._save(key, body, "ADDED")
+            if self._owners_gone(body):  # the garbage collector deletes dependents of a deleted owner
+                await self._delete(key)
             return
         if key not in self._objects or self._objects[key].deleted:
             raise _error(404, "NotFound", f"{request.name} not found")
@@ -146,6 +150,13 @@ class Emulator(kmock.KubernetesEmulator):
             await self._save(key, new, "MODIFIED")
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             await self._delete(key)
+
+    def _owners_gone(self, body: dict[str, Any]) -> bool:
+        uids = {ref.get("uid") for ref in body["metadata"].get("ownerReferences") or []}
+        if not uids:
+            return False
+        live = {o.raw["metadata"].get("uid") for o in self._objects.values() if not o.deleted}
+        return not (uids & live)
 
     def _has_status_subresource(self, resource: Any) -> bool:
         return resource in self.resources and "status" in (self.resources[resource].subresources or ())

@@ -209,6 +209,7 @@ def test_deleting_a_job_removes_its_pods(world: World, operator) -> None:
 def test_suspend_deletes_running_pods_and_resume_starts_them_again(world: World, operator) -> None:
     world.create(TJ, "pausable", job_spec())
     world.wait_pod("pausable-worker-0-1")
+    world.wait_phase(TJ, "pausable", "Running")  # suspend a job that has started, not one being created
     world.run_pod("pausable-worker-0-1")
     world.patch_spec(TJ, "pausable", {"suspend": True})
     world.wait_phase(TJ, "pausable", "Suspended")
