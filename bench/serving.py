@@ -293,7 +293,7 @@ def main() -> int:
             for p in procs:
                 p.stop()
     (RESULTS / f"serving-{stamp}.json").write_text(json.dumps(results, indent=1))
-    command = "python bench/serving.py " + " ".join(sys.argv[1:])
+    command = f"{os.path.relpath(sys.executable, REPO)} bench/serving.py " + " ".join(sys.argv[1:])
     text = table(results, dt.date.today().isoformat(), command.strip(), concurrency)
     print(text)
     if args.write_readme:

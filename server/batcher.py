@@ -87,9 +87,10 @@ class Batcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="mlvisor-batcher")
 
-    async def stop(self) -> None:
-        """Finish what is queued, then stop the worker and its thread."""
-        while self._queue:
+    async def stop(self, drain_timeout: float = 30.0) -> None:
+        """Finish what is queued (up to ``drain_timeout`` s), then stop the worker and its thread."""
+        deadline = time.monotonic() + drain_timeout
+        while self._queue and self._task is not None and not self._task.done() and time.monotonic() < deadline:
             await asyncio.sleep(0.001)
         if self._task is not None:
             self._task.cancel()
