@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import version as _dist_version
 from typing import Any
 
 import orjson
@@ -23,7 +24,6 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from importlib.metadata import version as _dist_version
 from mlvisor.server.batcher import Batcher
 from mlvisor.server.errors import ApiError, bad_request
 from mlvisor.server.metrics import MetricsMiddleware, ServerMetrics
@@ -171,6 +171,7 @@ _V1_BODY = {"required": True, "content": {JSON: {"example": {"instances": [[5.1,
 def create_app(settings: Settings) -> FastAPI:
     metrics = ServerMetrics()
     state = ServerState(settings, metrics)
+    server_version = _dist_version("mlvisor")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -185,7 +186,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(
         title="mlvisor model server",
-        version=_dist_version("mlvisor"),
+        version=server_version,
         description="Open Inference Protocol (V2) REST for one scikit-learn model, plus KServe V1 predict.",
         lifespan=lifespan,
     )
@@ -229,7 +230,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/v2", tags=["metadata"])
     async def server_metadata() -> Response:
-        return json_response({"name": "mlvisor", "version": _dist_version("mlvisor"), "extensions": []})
+        return json_response({"name": "mlvisor", "version": server_version, "extensions": []})
 
     async def _model_metadata(name: str, version: str | None) -> Response:
         return json_response(state.require(name, version).v2_metadata())
