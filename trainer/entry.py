@@ -20,7 +20,9 @@ flag                   variable                  meaning
 Exit codes: 0 success; 2 invalid spec or data (``api.EXIT_INVALID_SPEC``: never worth
 retrying, the last log line says why); 1 anything else (a crash; the traceback is logged).
 On 1 and 2 the reason is also written to the pod's termination message
-(``/dev/termination-log``, or ``MLVISOR_TERMINATION_MESSAGE_PATH``), when that file exists.
+(``/dev/termination-log``, or ``MLVISOR_TERMINATION_MESSAGE_PATH``), when that file exists;
+on 0 after an artifact is written, a JSON summary of its metadata (metrics, best params),
+which is how the operator fills status.model without reading the volume.
 Log lines are JSON on stderr (see :mod:`mlvisor.trainer.logs`); stdout gets only the artifact
 path, once written.
 """
@@ -28,6 +30,7 @@ path, once written.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import traceback
@@ -169,8 +172,32 @@ def execute(args: argparse.Namespace, env: Mapping[str, str] | None = None,
         write_termination_message(f"crash: {type(e).__name__}: {e}", env)
         return EXIT_CRASH
     if path is not None:
+        write_termination_message(success_summary(path), env)
         print(path, flush=True)
     return EXIT_OK
+
+
+def success_summary(artifact: Path) -> str:
+    """What the operator puts in status.model: it cannot read the artifact volume, only this.
+
+    A compact JSON subset of metadata.json (snake_case, as the planner reads it) that fits
+    the kubelet's 4096-byte termination message; bestParams are dropped if they would not.
+    """
+    from mlvisor.trainer.artifact import read_metadata
+
+    meta = read_metadata(artifact)
+    summary = {
+        "version": meta.version,
+        "metrics": meta.metrics,
+        "score_name": meta.score_name,
+        "best_params": meta.best_params,
+        "sklearn_version": meta.sklearn_version,
+    }
+    text = json.dumps(summary, separators=(",", ":"), default=str)
+    if len(text) > 4000:
+        summary["best_params"] = None
+        text = json.dumps(summary, separators=(",", ":"), default=str)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

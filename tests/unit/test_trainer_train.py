@@ -57,6 +57,27 @@ def test_iris_sample_trains_to_accuracy_at_least_0_9(tmp_path: Path, capsys: pyt
     assert (loaded["rows"], loaded["features"]) == (150, 4)
 
 
+def test_success_summary_goes_to_the_termination_message_and_feeds_status_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a pod the operator cannot read the artifact volume: the summary is how metrics travel."""
+    from mlvisor.operator.kube.observe import termination_summary
+
+    term = tmp_path / "termination-log"
+    term.write_text("")
+    monkeypatch.setenv("MLVISOR_TERMINATION_MESSAGE_PATH", str(term))
+    assert main(["--spec", str(SAMPLE), "--output", str(tmp_path / "out"), "--version", "s1"]) == 0
+    message = term.read_text()
+    assert len(message.encode()) <= 4096
+    meta = read_metadata(tmp_path / "out" / "s1")
+    summary = json.loads(message)
+    assert summary == {"version": "s1", "metrics": meta.metrics, "score_name": "accuracy",
+                       "best_params": None, "sklearn_version": meta.sklearn_version}
+    pod = {"status": {"phase": "Succeeded", "containerStatuses": [
+        {"state": {"terminated": {"exitCode": 0, "message": message, "finishedAt": "2026-11-25T10:00:00Z"}}}]}}
+    assert termination_summary([pod]) == summary
+
+
 @pytest.mark.parametrize(
     ("dataset", "estimator", "score_name", "floor"),
     [
