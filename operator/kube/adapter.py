@@ -9,8 +9,9 @@ that runs twice (operator restart, retried after an error, replayed event) is ha
   from the manifest in a field the manifest sets (no strategic merge, no PUT, no server-side
   apply: they are the API features test emulators get wrong, and a merge patch of a full
   manifest means the same everywhere);
-- Events are posted best effort (a lost Event never fails a reconcile);
-- the status is written last, on the ``/status`` subresource, as a JSON merge patch computed
+- Events are posted best effort (a lost Event never fails a reconcile), after the status, so
+  a status conflict that makes the reconcile run again does not post them twice;
+- the status is written after the object actions, on the ``/status`` subresource, as a JSON merge patch computed
   against the status that was read (fields that went away are sent as null), guarded by the
   resourceVersion that was read (409 = someone changed the resource: reconcile again), and
   only when it changed. It contains only what ``to_wire()`` of the api models emits, which is
@@ -105,12 +106,21 @@ class PlanApplier:
         self.instance = os.environ.get("HOSTNAME") or "mlvisor-operator"
 
     async def apply(self, body: Mapping[str, Any], plan: p.Plan) -> Applied:
-        """Carry out the actions in order, then write the status."""
+        """Carry out the object actions in order, write the status, then post the Events.
+
+        Events come last: when the status write meets a 409 (the resource changed under us)
+        the reconcile runs again and plans the same decision, and Events posted before the
+        conflict would then be posted twice.
+        """
         applied = Applied()
+        events = [a for a in plan.actions if isinstance(a, p.RecordEvent)]
         for action in plan.actions:
-            await self.apply_action(body, action, applied)
+            if not isinstance(action, p.RecordEvent):
+                await self.apply_action(body, action, applied)
         if plan.status is not None:
             await self.write_status(body, plan.status.to_wire(), applied)
+        for event in events:
+            await self.apply_action(body, event, applied)
         return applied
 
     async def apply_action(self, body: Mapping[str, Any], action: p.Action, applied: Applied) -> None:

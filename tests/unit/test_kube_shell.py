@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 
-from mlvisor.operator.kube.adapter import is_subset, merge_patch
+import pytest
+
+from mlvisor.operator import api
+from mlvisor.operator.kube.adapter import PlanApplier, is_subset, merge_patch
+from mlvisor.operator.kube.client import ApiError
 from mlvisor.operator.kube.observe import observe_deployment, observe_pod, termination_summary
 from mlvisor.operator.kube.queue import WorkQueue
+from mlvisor.operator.reconcile.plan import CreatePod, Plan, RecordEvent
 
 
 def _pod(phase="Running", labels=None, status=None, **meta):
@@ -126,3 +131,56 @@ def test_a_failing_reconcile_is_retried_with_backoff():
 
     asyncio.run(main())
     assert attempts == 3
+
+
+class _RecordingKube:
+    """A stand-in API client: records writes, answers the status patch with a given error."""
+
+    def __init__(self, status_error: int | None) -> None:
+        self.status_error = status_error
+        self.writes: list[tuple[str, str]] = []
+
+    async def create(self, path, body):
+        self.writes.append(("create", path))
+        return dict(body)
+
+    async def patch(self, path, body, content_type=None):
+        if path.endswith("/status") and self.status_error:
+            raise ApiError(self.status_error, "Conflict")
+        self.writes.append(("patch", path))
+        return dict(body)
+
+    async def delete(self, path, body=None):
+        self.writes.append(("delete", path))
+        return {}
+
+
+def _job_body():
+    return {
+        "apiVersion": "mlvisor.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "iris", "namespace": "default", "uid": "u1", "resourceVersion": "7"},
+        "spec": {},
+        "status": {},
+    }
+
+
+@pytest.mark.parametrize("status_error", [None, 409])
+async def test_events_are_posted_after_the_status_so_a_conflict_does_not_post_them_twice(status_error):
+    kube = _RecordingKube(status_error)
+    plan = Plan(
+        actions=(
+            RecordEvent("Normal", "Created", "created 1 worker"),
+            CreatePod({"metadata": {"name": "iris-worker-0-1"}}),
+        ),
+        status=api.TrainingJobStatus(phase=api.TrainingPhase.RUNNING),
+    )
+    adapter = PlanApplier(kube)
+    if status_error:
+        with pytest.raises(ApiError):
+            await adapter.apply(_job_body(), plan)
+        assert [w for w, _ in kube.writes] == ["create"]  # the pod, and no Event
+    else:
+        await adapter.apply(_job_body(), plan)
+        kinds = [(w, path.rsplit("/", 1)[-1]) for w, path in kube.writes]
+        assert kinds == [("create", "pods"), ("patch", "status"), ("create", "events")]
