@@ -477,6 +477,8 @@ class TrainingJobStatus(Model):
     """Created, Running, Restarting, Succeeded, Failed, Suspended (by type)."""
     version: str | None = None
     """Version of the artifact this run writes; fixed when the run starts."""
+    spec_hash: str | None = None
+    """Fingerprint of the spec the current run started from (suspend and ttlSecondsAfterFinished excluded); a Failed job starts a new run when it changes."""
     start_time: dt.datetime | None = None
     """When the first worker was started."""
     completion_time: dt.datetime | None = None

@@ -27,6 +27,12 @@ Decisions this module makes (the docs were silent):
 - **The select step** is the child after the last worker (index ``workers`` for the
   supervisor, SELECT_INDEX on the pod): OneForAll re-runs every shard when it fails,
   OneForOne and RestForOne re-run the select step only.
+- **A Failed job starts a new run when its spec changes** (SUPERVISION.md: terminal "unless
+  its spec changes"): raising maxRestarts, fixing the image or the resources of a job that
+  escalated starts every worker again at attempt+1 under a new version, with a fresh restart
+  window (the parent restarting a supervisor that escalated). Changing only suspend or
+  ttlSecondsAfterFinished is not a new spec for this purpose (``status.specHash``); a job
+  that failed before it ever ran (InvalidSpec) retries on any new generation.
 - **Suspend** keeps attempts and the restart window; resuming starts attempt+1 without
   counting a restart, and resets startTime (as Kubernetes Jobs do), so activeDeadlineSeconds
   measures time spent running since the last resume.
@@ -34,6 +40,7 @@ Decisions this module makes (the docs were silent):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -69,7 +76,14 @@ from mlvisor.operator.supervision import (
     supervise_exit,
 )
 
-__all__ = ["MAX_SEARCH_TRIALS", "MAX_SPEC_BYTES", "check_training_spec", "effective_workers", "plan_training"]
+__all__ = [
+    "MAX_SEARCH_TRIALS",
+    "MAX_SPEC_BYTES",
+    "check_training_spec",
+    "effective_workers",
+    "plan_training",
+    "run_spec_hash",
+]
 
 Phase = api.TrainingPhase
 WPhase = api.WorkerPhase
@@ -98,6 +112,16 @@ def effective_workers(spec: api.TrainingJobSpec) -> int:
     if spec.search is None:
         return 1
     return max(1, min(spec.workers, search_trials(spec)))
+
+
+#: Spec fields whose change does not make a Failed job run again.
+_NOT_RUN_DEFINING = ("suspend", "ttlSecondsAfterFinished")
+
+
+def run_spec_hash(spec: api.TrainingJobSpec) -> str:
+    """Fingerprint of everything in the spec that shapes a run (all but suspend and TTL)."""
+    wire = {k: v for k, v in spec.to_wire().items() if k not in _NOT_RUN_DEFINING}
+    return hashlib.sha256(json.dumps(wire, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def check_training_spec(job: api.TrainingJob, config: OperatorConfig) -> list[str]:
@@ -162,7 +186,9 @@ class _TrainingReconcile:
 
     def run(self) -> Plan:
         st = self.status
-        if st.phase in (Phase.SUCCEEDED, Phase.FAILED):
+        if st.phase == Phase.FAILED and self._spec_changed_since_failure():
+            self._begin_new_run()
+        elif st.phase in (Phase.SUCCEEDED, Phase.FAILED):
             self._finished()
             return self._plan()
 
@@ -266,6 +292,7 @@ class _TrainingReconcile:
         st, meta = self.status, self.job.metadata
         generation = meta.generation or 1
         st.version = f"{meta.uid[:8]}-{generation}" if meta.uid else f"{meta.name}-{generation}"
+        st.spec_hash = run_spec_hash(self.spec)
         suspended = self.spec.suspend
         st.workers = [
             api.WorkerStatus(index=i, attempt=1, phase=WPhase.STOPPED if suspended else WPhase.PENDING)
@@ -291,6 +318,37 @@ class _TrainingReconcile:
             self._condition("Created", "True", "Created", message)
             self._condition("Running", "True", "WorkersRunning", f"0/{self.workers} workers succeeded")
         self._event("Normal", "Created", message)
+
+    def _spec_changed_since_failure(self) -> bool:
+        st = self.status
+        if st.version is None:  # failed before it ever ran (InvalidSpec): a new generation may fix it
+            failed = find_condition(st.conditions, "Failed")
+            return failed is None or (self.generation or 0) > (failed.observed_generation or 0)
+        return st.spec_hash is not None and st.spec_hash != run_spec_hash(self.spec)
+
+    def _begin_new_run(self) -> None:
+        """Leave Failed: every child starts again (attempt+1) under a new version and a fresh window."""
+        st = self.status
+        previous = st.version
+        st.completion_time = None
+        st.model = None
+        st.supervision.restart_times = []
+        st.supervision.next_restart_time = None
+        message = f"the spec changed (generation {self.generation}): starting a new run"
+        self._condition("Failed", "False", "SpecChanged", message)
+        if previous is None:
+            st.phase = Phase.PENDING  # _start() takes it from here, as for a new job
+            return
+        meta = self.job.metadata
+        generation = meta.generation or 1
+        st.version = f"{meta.uid[:8]}-{generation}" if meta.uid else f"{meta.name}-{generation}"
+        st.spec_hash = run_spec_hash(self.spec)
+        for _, rec in self._records():
+            rec.phase = WPhase.STOPPED  # _start_due_children creates attempt+1 of each
+            rec.restart_at = None
+        st.phase = Phase.RUNNING
+        st.start_time = from_timestamp(self.now)
+        self._event("Normal", "NewRun", f"{message}, version {st.version} (the failed run was {previous})")
 
     def _create(self, rec: api.WorkerStatus, attempt: int) -> None:
         assert self.status.version is not None

@@ -372,6 +372,79 @@ def test_fourth_failure_in_window_escalates_and_stops_the_rest_highest_index_fir
         assert w.status.phase == api.TrainingPhase.FAILED
 
 
+def _escalated_world() -> tuple[World, float]:
+    """A 2-worker search job whose worker 0 exceeded maxRestarts 0 (failed at once)."""
+    w = World(make_job(workers=2, **supervision(maxRestarts=0, backoff={"initialSeconds": 0})))
+    w.reconcile(T0)
+    w.run("iris-worker-0-1")
+    w.run("iris-worker-1-1")
+    w.fail("iris-worker-0-1", code=1)
+    w.reconcile(T0 + 5)
+    w.finish_deletions()
+    assert w.status.phase == api.TrainingPhase.FAILED
+    return w, T0 + 5
+
+
+def _edit_spec(w: World, **spec: Any) -> None:
+    """What kubectl apply does: a new spec and a new generation, status untouched."""
+    body = w.job.model_dump(mode="json", by_alias=True)
+    body["spec"].update(spec)
+    body["metadata"]["generation"] += 1
+    w.job = api.TrainingJob.model_validate(body)
+
+
+def test_a_failed_job_starts_a_new_run_when_its_spec_changes() -> None:
+    w, t = _escalated_world()
+    old_version = w.status.version
+    _edit_spec(w, supervision={"maxRestarts": 2, "backoff": {"initialSeconds": 0}})
+    plan = w.reconcile(t + 30)
+    # Every worker starts again at attempt+1 (the failed pod iris-worker-0-1 is kept for its logs).
+    assert sorted(creates(plan)) == ["iris-worker-0-2", "iris-worker-1-2"]
+    assert "iris-worker-0-1" in w.pods
+    st_ = w.status
+    assert st_.phase == api.TrainingPhase.RUNNING
+    assert st_.version == "01234567-2" != old_version
+    assert st_.supervision.restart_times == [] and st_.completion_time is None
+    assert cond(st_, "Failed").status == "False" and cond(st_, "Failed").reason == "SpecChanged"
+    assert ("Normal", "NewRun") in events(plan)
+    # The new run is supervised with the new intensity, and finishes.
+    w.fail("iris-worker-0-2", code=1)
+    assert creates(w.reconcile(t + 31)) == ["iris-worker-0-3"]  # maxRestarts 2 now: restarted
+    assert w.status.supervision.restarts_in_window == 1
+    for name in ("iris-worker-0-3", "iris-worker-1-2"):
+        w.succeed(name)
+    assert creates(w.reconcile(t + 40)) == ["iris-select-1"]
+    w.succeed("iris-select-1")
+    w.reconcile(t + 50)
+    assert w.status.phase == api.TrainingPhase.SUCCEEDED
+    assert w.status.model is not None and w.status.model.version == "01234567-2"
+
+
+def test_changing_only_ttl_or_suspend_does_not_rerun_a_failed_job() -> None:
+    w, t = _escalated_world()
+    _edit_spec(w, ttlSecondsAfterFinished=3600)
+    assert creates(w.reconcile(t + 30)) == []
+    _edit_spec(w, suspend=True)
+    assert creates(w.reconcile(t + 40)) == []
+    assert w.status.phase == api.TrainingPhase.FAILED
+    assert cond(w.status, "Failed").status == "True"
+    # A replay of the same generation after a real change does not start a second new run.
+    _edit_spec(w, suspend=False, image="example.org/mlvisor:fixed")
+    first = w.reconcile(t + 50)
+    assert len(creates(first)) == 2
+    assert creates(w.reconcile(t + 51)) == []
+
+
+def test_a_job_that_failed_before_running_starts_when_fixed() -> None:
+    s = invalid_spec_status("TrainingJob", 1, "spec.estimator.class: must start with sklearn.", T0)
+    w = World(make_job().model_copy(update={"status": s}))
+    assert creates(w.reconcile(T0 + 1)) == []  # same generation: still failed
+    _edit_spec(w, testSize=0.25)
+    plan = w.reconcile(T0 + 2)
+    assert creates(plan) == ["iris-worker-0-1"]
+    assert w.status.phase == api.TrainingPhase.RUNNING and w.status.version == "01234567-2"
+
+
 def test_failures_spread_beyond_the_period_never_escalate() -> None:
     w = World(make_job(**supervision(maxRestarts=1, periodSeconds=10, backoff={"initialSeconds": 0})))
     w.reconcile(T0)
