@@ -25,8 +25,9 @@ install: ## create .venv and install mlvisor with the test extras
 test: ## the whole test suite, exactly as CI runs it
 	.ci/run
 
-bench: ## benchmarks (serving, operator reaction latency)
-	$(PYTHON) -m bench
+bench: ## benchmarks: serving vs MLServer (~12 min), search speedup 1 vs 2 workers (~3 min)
+	$(PYTHON) bench/serving.py --write-readme
+	$(PYTHON) bench/trainer_search.py
 
 crds: ## regenerate manifests/crds/ from operator/api.py
 	$(PYTHON) -m mlvisor.operator.cli crds --output manifests/crds/
