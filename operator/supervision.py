@@ -32,6 +32,7 @@ __all__ = [
     "backoff_delay",
     "children_to_restart",
     "classify_failure",
+    "describe_failure",
     "failure_key",
     "restarts_in_window",
     "should_restart",
@@ -237,7 +238,7 @@ def supervise_exit(
         return Decision(Verdict.DONE, "Completed", f"{who} completed"), replace(state, seen_failures=seen)
 
     action = None if exit_.succeeded else classify_failure(exit_, policy.failure_policy)
-    what = "exited successfully" if exit_.succeeded else _describe(exit_)
+    what = "exited successfully" if exit_.succeeded else describe_failure(exit_)
 
     if action is FailureAction.FAIL:
         return (
@@ -304,7 +305,8 @@ def supervise_exit(
     )
 
 
-def _describe(f: Failure) -> str:
+def describe_failure(f: Failure) -> str:
+    """How a failure reads in messages: 'exited with code 137, reason OOMKilled'."""
     parts = []
     if f.exit_code is not None:
         parts.append(f"exited with code {f.exit_code}")

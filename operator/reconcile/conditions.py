@@ -72,36 +72,34 @@ def set_condition(
     ``lastTransitionTime`` is ``now`` for a new condition or a status flip, and unchanged
     otherwise (reason, message and observedGeneration are always updated).
     """
-    out: list[api.Condition] = []
-    found = False
-    for c in conditions:
-        if c.type != type_:
-            out.append(c)
-            continue
-        found = True
-        when = c.last_transition_time if c.status == status else from_timestamp(now)
-        out.append(
-            api.Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message,
-                last_transition_time=when,
-                observed_generation=generation,
-            )
-        )
-    if not found:
-        out.append(
-            api.Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message,
-                last_transition_time=from_timestamp(now),
-                observed_generation=generation,
-            )
-        )
-    return out
+    previous = next((c for c in conditions if c.type == type_), None)
+    unchanged = previous is not None and previous.status == status
+    new = api.Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=previous.last_transition_time if unchanged else from_timestamp(now),
+        observed_generation=generation,
+    )
+    if previous is None:
+        return [*conditions, new]
+    return [new if c.type == type_ else c for c in conditions]
+
+
+def set_false_if_present(
+    conditions: Sequence[api.Condition],
+    type_: str,
+    reason: str,
+    message: str,
+    now: float,
+    generation: int | None,
+) -> list[api.Condition]:
+    """Turn ``type_`` False when it exists and is not already False (absent stays absent)."""
+    c = find_condition(conditions, type_)
+    if c is None or c.status == "False":
+        return list(conditions)
+    return set_condition(conditions, type_, "False", reason, message, now, generation)
 
 
 def invalid_spec_status(

@@ -43,6 +43,7 @@ from mlvisor.operator.reconcile.conditions import (
     from_timestamp,
     quantize,
     set_condition,
+    set_false_if_present,
     to_timestamp,
 )
 from mlvisor.operator.reconcile.plan import (
@@ -62,6 +63,7 @@ from mlvisor.operator.supervision import (
     Policy,
     SupervisorState,
     Verdict,
+    describe_failure,
     restarts_in_window,
     supervise_exit,
 )
@@ -204,9 +206,9 @@ class _ServingReconcile:
         )
 
     def _condition_false_if_present(self, type_: str, reason: str, message: str) -> None:
-        c = find_condition(self.status.conditions, type_)
-        if c is not None and c.status != "False":
-            self._condition(type_, "False", reason, message)
+        self.status.conditions = set_false_if_present(
+            self.status.conditions, type_, reason, message, self.now, self.generation
+        )
 
     def _invalid(self, message: str) -> None:
         st = self.status
@@ -310,7 +312,7 @@ class _ServingReconcile:
                     RecordEvent(
                         "Warning",
                         "ServerRestarted",
-                        f"server pod {exit_.pod} terminated ({_describe(exit_)}), restart #{exit_.restart_count}; {what}",
+                        f"server pod {exit_.pod} terminated ({describe_failure(exit_)}), restart #{exit_.restart_count}; {what}",
                     )
                 )
             elif decision.verdict is Verdict.ESCALATE:
@@ -446,12 +448,3 @@ def _compact_seen(seen: Sequence[str], live_pods: set[str]) -> list[str]:
     room = max(SEEN_FAILURES_KEPT - len(live), 0)
     kept_gone = set(gone[len(gone) - room :] if room else [])
     return [k for k in keys if k in kept_gone or k.rsplit("#", 1)[0] in live_pods]
-
-
-def _describe(f: Failure) -> str:
-    parts = []
-    if f.exit_code is not None:
-        parts.append(f"exit code {f.exit_code}")
-    if f.reason:
-        parts.append(f"reason {f.reason}")
-    return ", ".join(parts) or "no exit code"

@@ -54,6 +54,7 @@ from mlvisor.operator.reconcile.conditions import (
     from_timestamp,
     quantize,
     set_condition,
+    set_false_if_present,
     to_timestamp,
 )
 from mlvisor.operator.reconcile.plan import (
@@ -281,9 +282,9 @@ class _TrainingReconcile:
         )
 
     def _condition_false_if_present(self, type_: str, reason: str, message: str) -> None:
-        c = find_condition(self.status.conditions, type_)
-        if c is not None and c.status != "False":
-            self._condition(type_, "False", reason, message)
+        self.status.conditions = set_false_if_present(
+            self.status.conditions, type_, reason, message, self.now, self.generation
+        )
 
     # ------------------------------------------------------------------ lifecycle steps
 
