@@ -24,8 +24,10 @@ from dataclasses import dataclass, field, replace
 from mlvisor.operator.api import FailureAction, FailurePolicyRule, RestartType, Strategy
 
 __all__ = [
+    "SEEN_FAILURES_KEPT",
     "Decision",
     "Failure",
+    "Policy",
     "SupervisorState",
     "Verdict",
     "admit_restart",
