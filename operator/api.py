@@ -302,7 +302,9 @@ class Estimator(Model):
     class_: str = Field(alias="class", pattern=ESTIMATOR_CLASS, max_length=256)
     """Dotted path of an allowlisted estimator class inside sklearn, e.g. sklearn.ensemble.RandomForestClassifier."""
     params: dict[str, Any] = Field(
-        default_factory=dict, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+        default_factory=dict,
+        max_length=64,  # bounds the CEL cost of the immutability rule on spec.estimator
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     """Constructor parameters, e.g. {n_estimators: 100, random_state: 0}."""
 

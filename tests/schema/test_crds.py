@@ -133,6 +133,7 @@ INVALID = [
     ("job", "spec.supervision.backoff", {"initialSeconds": 10, "maxSeconds": 5}, "backoff"),
     ("job", "spec.supervision.failurePolicy", [{"onExitCodes": [2], "onReasons": ["Evicted"], "action": "Fail"}], "failurePolicy"),
     ("job", "spec.estimator.class", "os.system", "class"),
+    ("job", "spec.estimator.params", {f"p{i}": i for i in range(65)}, "params"),
     ("job", "spec.dataset", {"csv": {"path": "../etc/passwd", "target": "y"}}, "path"),
     ("server", "spec.model.uri", "pvc://mlvisor-models/default/iris/v1/", "model"),
     ("server", "spec.model", {}, "model"),
