@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from mlvisor.operator import api
 
@@ -141,3 +141,21 @@ def invalid_spec_status(
             }
         )
     raise ValueError(f"unknown kind {kind!r}: expected TrainingJob or ModelServer")
+
+
+class ConditionWriter:
+    """For a planner holding ``status`` (with conditions), ``now`` and ``generation``."""
+
+    status: Any
+    now: float
+    generation: int | None
+
+    def _condition(self, type_: str, status: ConditionStatus, reason: str, message: str) -> None:
+        self.status.conditions = set_condition(
+            self.status.conditions, type_, status, reason, message, self.now, self.generation
+        )
+
+    def _condition_false_if_present(self, type_: str, reason: str, message: str) -> None:
+        self.status.conditions = set_false_if_present(
+            self.status.conditions, type_, reason, message, self.now, self.generation
+        )

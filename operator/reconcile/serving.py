@@ -39,11 +39,10 @@ from mlvisor.operator.builders import (
     parse_model_uri,
 )
 from mlvisor.operator.reconcile.conditions import (
+    ConditionWriter,
     find_condition,
     from_timestamp,
     quantize,
-    set_condition,
-    set_false_if_present,
     to_timestamp,
 )
 from mlvisor.operator.reconcile.plan import (
@@ -120,7 +119,7 @@ def plan_serving(
 
 
 @dataclass
-class _ServingReconcile:
+class _ServingReconcile(ConditionWriter):
     server: api.ModelServer
     deployment: ObservedDeployment | None
     pods: Sequence[ObservedPod]
@@ -199,16 +198,6 @@ class _ServingReconcile:
         return Plan(actions=tuple(actions), status=st, requeue_after=self.requeue)
 
     # ------------------------------------------------------------------ helpers
-
-    def _condition(self, type_: str, status: str, reason: str, message: str) -> None:
-        self.status.conditions = set_condition(
-            self.status.conditions, type_, status, reason, message, self.now, self.generation  # type: ignore[arg-type]
-        )
-
-    def _condition_false_if_present(self, type_: str, reason: str, message: str) -> None:
-        self.status.conditions = set_false_if_present(
-            self.status.conditions, type_, reason, message, self.now, self.generation
-        )
 
     def _invalid(self, message: str) -> None:
         st = self.status

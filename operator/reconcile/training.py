@@ -50,11 +50,10 @@ from typing import Any
 from mlvisor.operator import api
 from mlvisor.operator.builders import build_worker_pod, model_uri_for, worker_pod_name
 from mlvisor.operator.reconcile.conditions import (
+    ConditionWriter,
     find_condition,
     from_timestamp,
     quantize,
-    set_condition,
-    set_false_if_present,
     to_timestamp,
 )
 from mlvisor.operator.reconcile.plan import (
@@ -164,7 +163,7 @@ def plan_training(
 
 
 @dataclass
-class _TrainingReconcile:
+class _TrainingReconcile(ConditionWriter):
     job: api.TrainingJob
     observed: Sequence[ObservedPod]
     now: float
@@ -275,16 +274,6 @@ class _TrainingReconcile:
 
     def _event(self, type_: str, reason: str, message: str) -> None:
         self.actions.append(RecordEvent(type=type_, reason=reason, message=message))  # type: ignore[arg-type]
-
-    def _condition(self, type_: str, status: str, reason: str, message: str) -> None:
-        self.status.conditions = set_condition(
-            self.status.conditions, type_, status, reason, message, self.now, self.generation  # type: ignore[arg-type]
-        )
-
-    def _condition_false_if_present(self, type_: str, reason: str, message: str) -> None:
-        self.status.conditions = set_false_if_present(
-            self.status.conditions, type_, reason, message, self.now, self.generation
-        )
 
     # ------------------------------------------------------------------ lifecycle steps
 
