@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from mlvisor.operator import api
+from mlvisor.operator.supervision import Failure
 
 __all__ = [
     "find_condition",
@@ -100,6 +101,20 @@ def set_false_if_present(
     if c is None or c.status == "False":
         return list(conditions)
     return set_condition(conditions, type_, "False", reason, message, now, generation)
+
+
+def failure_record(
+    failure: Failure, action: api.FailureAction | None, now: float, worker: int | None = None
+) -> api.FailureRecord:
+    """status.supervision.lastFailure for one failure the supervisor handled."""
+    return api.FailureRecord(
+        worker=worker,
+        pod=failure.pod,
+        exit_code=failure.exit_code,
+        reason=failure.reason,
+        action=action,
+        time=from_timestamp(now),
+    )
 
 
 def invalid_spec_status(

@@ -40,6 +40,7 @@ from mlvisor.operator.builders import (
 )
 from mlvisor.operator.reconcile.conditions import (
     ConditionWriter,
+    failure_record,
     find_condition,
     from_timestamp,
     quantize,
@@ -284,13 +285,7 @@ class _ServingReconcile(ConditionWriter):
             if decision.verdict is Verdict.DUPLICATE:
                 continue
             if not exit_.succeeded:
-                sup.last_failure = api.FailureRecord(
-                    pod=exit_.pod,
-                    exit_code=exit_.exit_code,
-                    reason=exit_.reason,
-                    action=decision.action,
-                    time=from_timestamp(self.now),
-                )
+                sup.last_failure = failure_record(exit_, decision.action, self.now)
             if decision.verdict is Verdict.RESTART:
                 window = (
                     f"{restarts_in_window(state.restart_times, self.now, policy.period_seconds)} restarts "

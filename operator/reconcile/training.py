@@ -51,6 +51,7 @@ from mlvisor.operator import api
 from mlvisor.operator.builders import build_worker_pod, model_uri_for, worker_pod_name
 from mlvisor.operator.reconcile.conditions import (
     ConditionWriter,
+    failure_record,
     find_condition,
     from_timestamp,
     quantize,
@@ -458,13 +459,8 @@ class _TrainingReconcile(ConditionWriter):
             rec.last_exit_code = exit_.exit_code
             rec.last_reason = exit_.reason
             if not exit_.succeeded:
-                self.status.supervision.last_failure = api.FailureRecord(
-                    worker=rec.index,
-                    pod=exit_.pod,
-                    exit_code=exit_.exit_code,
-                    reason=exit_.reason,
-                    action=decision.action,
-                    time=from_timestamp(self.now),
+                self.status.supervision.last_failure = failure_record(
+                    exit_, decision.action, self.now, worker=rec.index
                 )
             if decision.verdict is Verdict.DONE:
                 rec.phase = WPhase.SUCCEEDED
