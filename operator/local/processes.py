@@ -108,6 +108,9 @@ def process_spec_for_pod(
     env_overrides: Mapping[str, str] | None = None,
     command_prefix: Sequence[str] = (),
     parent_env: Mapping[str, str] | None = None,
+    volume_folders: Mapping[str, Path] | None = None,
+    rewrite_paths: bool = True,
+    field_values: Mapping[str, str] | None = None,
 ) -> ProcessSpec:
     """Translate a pod manifest into a ProcessSpec; creates the volume folders.
 
@@ -115,6 +118,11 @@ def process_spec_for_pod(
     win over the manifest (the runtime's own wiring, e.g. the local port of a server).
     ``command_prefix`` is put in front of the container's command (a wrapper such as
     ``nice`` or a fault injector); it is the user's, not the manifest's.
+
+    A runner that really mounts each volume at its mountPath (the test suite's process node,
+    with a mount namespace per pod) passes the host folder of every volume as
+    ``volume_folders``, ``rewrite_paths=False`` (paths stay the container's own) and the
+    downward-API ``field_values`` it knows (the pod's IP, the node's name).
     """
     meta = pod.get("metadata", {})
     containers = pod.get("spec", {}).get("containers") or []
@@ -127,7 +135,7 @@ def process_spec_for_pod(
             f"pod {meta.get('name')}: spec.containers[0].command is empty; locally there is no "
             "image entrypoint to fall back on"
         )
-    folders = _volume_folders(pod, data_dir, scratch)
+    folders = dict(volume_folders) if volume_folders is not None else _volume_folders(pod, data_dir, scratch)
     mounts: dict[str, Path] = {}
     tmpdir: Path | None = None
     for j, vm in enumerate(c.get("volumeMounts") or []):
@@ -136,7 +144,7 @@ def process_spec_for_pod(
             raise ManifestError(f"spec.containers[0].volumeMounts[{j}]: no volume named {vol!r}")
         host = folders[vol] / vm["subPath"] if vm.get("subPath") else folders[vol]
         host.mkdir(parents=True, exist_ok=True)
-        if vm["mountPath"].rstrip("/") == "/tmp":
+        if rewrite_paths and vm["mountPath"].rstrip("/") == "/tmp":
             # The host's /tmp is shared with everything else (file:/// models may live there),
             # so a scratch volume at /tmp becomes the child's TMPDIR instead of a path rewrite.
             tmpdir = host
@@ -145,7 +153,8 @@ def process_spec_for_pod(
 
     if command[0] in PYTHON_PROGRAMS:
         command[0] = python
-    argv = [rewrite_path(a, mounts) for a in command]
+    rewrite = mounts if rewrite_paths else {}
+    argv = [rewrite_path(a, rewrite) for a in command]
 
     env = _base_env(os.environ if parent_env is None else parent_env)
     env.update(extra_env or {})
@@ -155,13 +164,16 @@ def process_spec_for_pod(
         "status.podIP": "127.0.0.1",
         "status.hostIP": "127.0.0.1",
         "spec.nodeName": "localhost",
+        "spec.serviceAccountName": str(pod.get("spec", {}).get("serviceAccountName", "default")),
+        "metadata.uid": str(meta.get("uid", "")),
+        **(field_values or {}),
     }
     for i, e in enumerate(c.get("env") or []):
         name = e.get("name")
         if not name:
             raise ManifestError(f"spec.containers[0].env[{i}].name is missing")
         if "value" in e:
-            env[name] = rewrite_path(str(e["value"]), mounts)
+            env[name] = rewrite_path(str(e["value"]), rewrite)
         elif "valueFrom" in e and "fieldRef" in e["valueFrom"]:
             path = e["valueFrom"]["fieldRef"].get("fieldPath", "")
             if path in field_values:
@@ -201,8 +213,10 @@ class LocalProcess:
     """
 
     def __init__(self, name: str, spec: ProcessSpec, log_path: Path,
-                 on_exit: Callable[[LocalProcess], None] | None = None) -> None:
+                 on_exit: Callable[[LocalProcess], None] | None = None, *, log_header: bool = True) -> None:
         self.name = name
+        self.log_header = log_header
+        """Write a ``--- <time> start: <argv>`` line before each run (a node's container log has none)."""
         self.spec = spec
         self.log_path = log_path
         self.on_exit = on_exit
@@ -220,8 +234,9 @@ class LocalProcess:
     async def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {shlex.join(self.spec.argv)}\n".encode())
-            log.flush()
+            if self.log_header:
+                log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {shlex.join(self.spec.argv)}\n".encode())
+                log.flush()
             try:
                 self._proc = await asyncio.create_subprocess_exec(
                     *self.spec.argv,
