@@ -10,12 +10,14 @@ NS       ?= default
 PORT     ?= 8000
 TIMEOUT  ?= 300s
 KUBECONFIG_E2E ?= $(CURDIR)/build/kind-$(CLUSTER).kubeconfig
+NODE     ?= process
+CONTROLPLANE = PYTHONPATH=$(CURDIR)/tests $(PYTHON) -m controlplane
 
 .DEFAULT_GOAL := help
-.PHONY: help install test bench crds kind-up image load deploy demo e2e kind-down
+.PHONY: help install test bench crds controlplane-build controlplane-up controlplane-down kind-up image load deploy demo e2e kind-down
 
 help: ## list the verbs
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-19s %s\n", $$1, $$2}'
 
 install: ## create .venv and install mlvisor with the test extras
 	python3 -m venv .venv
@@ -31,6 +33,15 @@ bench: ## benchmarks: serving vs MLServer (~12 min), search speedup 1 vs 2 worke
 
 crds: ## regenerate manifests/crds/ from operator/api.py
 	$(PYTHON) -m mlvisor.operator.cli crds --output manifests/crds/
+
+controlplane-build: ## build (once per machine) kube-apiserver, controller-manager, scheduler and etcd from Go modules
+	$(CONTROLPLANE) build
+
+controlplane-up: ## start the real control plane and a process node (NODE=none: no node); KUBECONFIG=build/controlplane/kubeconfig
+	$(CONTROLPLANE) up --node $(NODE)
+
+controlplane-down: ## stop the control plane, the node and every pod process
+	$(CONTROLPLANE) down
 
 kind-up: ## create the kind cluster from kind-config.yaml
 	$(KIND) get clusters | grep -qx $(CLUSTER) || $(KIND) create cluster --config kind-config.yaml --name $(CLUSTER)

@@ -81,6 +81,12 @@ def _finish(node: dict[str, Any], defs: dict[str, Any], keep_anyof: bool = False
         node["x-kubernetes-preserve-unknown-fields"] = True  # Any: free-form data
     if "default" in node and node["default"] is None:
         del node["default"]
+    if node.get("default") == {} and node.get("properties"):
+        # A real API server checks a default against the node's CEL rules as written, without
+        # applying the defaults nested inside it: `default: {}` on backoff made
+        # `self.maxSeconds >= self.initialSeconds` fail ("no such key: maxSeconds") and the
+        # TrainingJob CRD was refused. Spell the nested defaults out (children come first).
+        node["default"] = {k: v["default"] for k, v in node["properties"].items() if "default" in v}
     if not keep_anyof:
         node.pop("anyOf", None)
     return node

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from typing import Any
 
 
@@ -61,7 +62,13 @@ def run(args: argparse.Namespace) -> int:
     from mlvisor.operator.kube import handlers
 
     memo = kopf.Memo(options=options)
+    # kopf would name itself "<user>@<host>" through getpass.getuser(), which raises for a uid
+    # without a passwd entry (an arbitrary runAsUser, OpenShift's random uids): the operator
+    # crash-looped at start on a node whose /etc/passwd has no 10001. The identity is only a
+    # label (standalone: no peering), so name it without asking the passwd database.
+    identity = f"mlvisor-operator@{socket.gethostname()}"
     kopf.run(
+        identity=identity,
         registry=handlers.registry,
         standalone=True,  # one replica with strategy Recreate: no peering objects needed
         clusterwide=not options.namespaces,

@@ -70,7 +70,9 @@ def apply_settings(settings: Any, options: Options) -> None:
     """Configure a ``kopf.OperatorSettings`` for mlvisor."""
     import kopf
 
-    settings.watching.server_timeout = options.watch_server_timeout
+    # The API server parses timeoutSeconds as an integer: kopf sends the number as given, and
+    # "300.0" was refused with 400 (strconv.ParseInt) on every watch of a real API server.
+    settings.watching.server_timeout = max(1, round(options.watch_server_timeout))
     settings.watching.client_timeout = options.watch_client_timeout
     settings.watching.connect_timeout = options.watch_connect_timeout
     settings.networking.request_timeout = options.request_timeout

@@ -1,24 +1,98 @@
-"""Fixtures of the real-cluster tier: a World on the cluster MLVISOR_E2E_KUBECONFIG points at."""
+"""Fixtures of the real-cluster tier.
+
+By default the tier runs on the control plane this suite builds from Go modules
+(``tests/controlplane``: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and a
+process node), started once per session (or reused when ``make controlplane-up`` already runs
+it) and installed exactly as a user installs mlvisor: ``kubectl apply -k manifests/``. Nothing
+is skipped: if the control plane cannot be built or started, every test of the tier errors with
+the reason.
+
+With ``MLVISOR_E2E_KUBECONFIG`` set (``make e2e`` on kind), the same tests run on that cluster,
+where mlvisor is already deployed from the image.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from integration.world import World, kubernetes_transport
 
-SKIP_REASON = "no cluster: set MLVISOR_E2E_KUBECONFIG to a kubeconfig of a cluster with mlvisor deployed (make e2e does it)"
+REPO = Path(__file__).resolve().parents[2]
+NAMESPACE = "default"
+OPERATOR_NS = "mlvisor-system"
+OPERATOR_SA = f"system:serviceaccount:{OPERATOR_NS}:mlvisor-operator"
+
+
+@dataclass
+class Cluster:
+    kubeconfig: str
+    built: bool
+    """True on the suite's own control plane (audit log, pod processes and folders reachable)."""
+    state_dir: Path | None = None
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        kubectl = shutil.which("kubectl")
+        if kubectl is None:
+            raise RuntimeError("kubectl is not on PATH: the cluster tier drives the cluster the way users do")
+        proc = subprocess.run([kubectl, *args], capture_output=True, text=True, input=input, timeout=timeout,
+                              env=dict(os.environ, KUBECONFIG=self.kubeconfig))
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def audit(self) -> list[dict]:
+        assert self.state_dir is not None
+        lines = (self.state_dir / "audit.log").read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def _deploy(c: Cluster) -> None:
+    c.kubectl("apply", "-k", str(REPO / "manifests"))
+    c.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+              "crd/trainingjobs.mlvisor.dev", "crd/modelservers.mlvisor.dev")
+    # Where the samples run, the restricted Pod Security Standard is enforced by the real
+    # admission plugin: a pod the operator makes that breaks it would be refused.
+    c.kubectl("label", "namespace", NAMESPACE, "--overwrite",
+              "pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/warn=restricted")
+    c.kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/mlvisor-operator", "--timeout=180s", timeout=200)
 
 
 @pytest.fixture(scope="session")
-def kube() -> World:
+def cluster() -> Iterator[Cluster]:
     kubeconfig = os.environ.get("MLVISOR_E2E_KUBECONFIG")
-    if not kubeconfig:
-        pytest.skip(SKIP_REASON)
-    return World(kubernetes_transport(kubeconfig), namespace=os.environ.get("MLVISOR_E2E_NAMESPACE", "default"))
+    if kubeconfig:
+        yield Cluster(kubeconfig=kubeconfig, built=False)
+        return
+    from controlplane import cluster as controlplane
+
+    started = controlplane.current() is None
+    # CrashLoopBackOff starts at 1 s instead of a kubelet's 10 s, so that a crash-looping
+    # server reaches its ModelServer's restart window in seconds (KEP-4603 makes it tunable).
+    plane = controlplane.up(node=True, node_args=("--crashloop-initial=1", "--crashloop-max=10"))
+    if not plane.node:
+        pytest.fail("a control plane without a node is running (make controlplane-up NODE=none): "
+                    "stop it (make controlplane-down) for the cluster tier, which needs the node")
+    c = Cluster(kubeconfig=str(plane.kubeconfig), built=True, state_dir=plane.state_dir)
+    try:
+        _deploy(c)
+        yield c
+    finally:
+        if started and not os.environ.get("MLVISOR_KEEP_CONTROLPLANE"):
+            controlplane.down()
+
+
+@pytest.fixture(scope="session")
+def kube(cluster: Cluster) -> World:
+    return World(kubernetes_transport(cluster.kubeconfig), namespace=NAMESPACE)
 
 
 @pytest.fixture

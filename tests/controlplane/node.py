@@ -782,8 +782,15 @@ class Node:
         runner = self._runner_by_name(ns, name)
         if runner is None or runner.cname != container:
             return web.Response(status=404, text=f"pod {ns}/{name} container {container} is not on this node")
-        n = runner.restart_count - 1 if request.query.get("previous") == "true" else runner.restart_count
-        path = runner.dir / "containers" / container / f"{n}.log"
+        # The newest run that started is the "current" container (while a crashed one waits
+        # out its back-off, that is the crashed one); the run before it is the previous one.
+        cdir = runner.dir / "containers" / container
+        n = runner.restart_count
+        while n >= 0 and not (cdir / f"{n}.log").exists():
+            n -= 1
+        if request.query.get("previous") == "true":
+            n -= 1
+        path = cdir / f"{n}.log"
         if n < 0 or not path.exists():
             return web.Response(status=400, text=f"previous terminated container \"{container}\" in pod \"{name}\" not found")
         data = path.read_bytes()

@@ -96,8 +96,6 @@ def test_rbac_is_exactly_what_the_operator_uses(objects: list[dict[str, Any]]) -
     needed = {
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-        ("", "namespaces", "list"),
-        ("", "namespaces", "watch"),
         *(("mlvisor.dev", r, v) for r in ("trainingjobs", "modelservers") for v in ("get", "list", "watch")),
         ("mlvisor.dev", "trainingjobs/status", "patch"),
         ("mlvisor.dev", "modelservers/status", "patch"),
