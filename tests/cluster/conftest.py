@@ -55,14 +55,18 @@ class Cluster:
         return [json.loads(line) for line in lines if line.strip()]
 
 
-def _deploy(c: Cluster) -> None:
-    c.kubectl("apply", "-k", str(REPO / "manifests"))
-    c.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-              "crd/trainingjobs.mlvisor.dev", "crd/modelservers.mlvisor.dev")
+def _label_restricted(c: Cluster) -> None:
     # Where the samples run, the restricted Pod Security Standard is enforced by the real
     # admission plugin: a pod the operator makes that breaks it would be refused.
     c.kubectl("label", "namespace", NAMESPACE, "--overwrite",
               "pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/warn=restricted")
+
+
+def _deploy(c: Cluster) -> None:
+    c.kubectl("apply", "-k", str(REPO / "manifests"))
+    c.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+              "crd/trainingjobs.mlvisor.dev", "crd/modelservers.mlvisor.dev")
+    _label_restricted(c)
     c.kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/mlvisor-operator", "--timeout=180s", timeout=200)
 
 
@@ -70,7 +74,9 @@ def _deploy(c: Cluster) -> None:
 def cluster() -> Iterator[Cluster]:
     kubeconfig = os.environ.get("MLVISOR_E2E_KUBECONFIG")
     if kubeconfig:
-        yield Cluster(kubeconfig=kubeconfig, built=False)
+        c = Cluster(kubeconfig=kubeconfig, built=False)
+        _label_restricted(c)  # make e2e deployed mlvisor from the image already
+        yield c
         return
     from controlplane import cluster as controlplane
 
