@@ -228,7 +228,8 @@ def up(state_dir: Path = DEFAULT_STATE, *, node: bool = True, log=sys.stderr,
                 "stop it first (make controlplane-down)")
         print(f"control plane already running: KUBECONFIG={running.kubeconfig}", file=log)
         return running
-    down(state_dir, quiet=True)  # whatever a crashed earlier run left behind
+    if (state_dir / "state.json").exists():
+        down(state_dir, quiet=True)  # whatever a crashed earlier run from this state left behind
     binary = build.ensure_binary(log)
     t0 = time.monotonic()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -368,6 +369,7 @@ def down(state_dir: Path = DEFAULT_STATE, *, quiet: bool = False, log=sys.stderr
     except (OSError, ValueError, KeyError, TypeError):
         plane = None
     stopped = 0
+    had_node = plane is None or plane.node  # unknown state: clean up as if it had one
     if plane is not None:
         # The node first (it stops its pods), then the controllers, the API server, etcd.
         for p in reversed(plane.processes):
@@ -376,7 +378,9 @@ def down(state_dir: Path = DEFAULT_STATE, *, quiet: bool = False, log=sys.stderr
             _stop(p, 10.0 if p.name == "node" else 5.0)
         plane.processes = []
         _save(plane)
-    leftovers = netns.remove_all()
+    # Pod namespaces and the bridge belong to a plane with a node; a NODE=none plane (a
+    # benchmark beside the test tier) must not take them from a node that still runs.
+    leftovers = netns.remove_all() if had_node else 0
     if not quiet:
         extra = f", {leftovers} leftover pod process(es) killed" if leftovers else ""
         print(f"control plane down ({stopped} process(es) stopped{extra})", file=log)
