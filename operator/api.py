@@ -30,7 +30,7 @@ EXIT_INVALID_SPEC = 2
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 ESTIMATOR_CLASS = r"^sklearn(\.[A-Za-z_][A-Za-z0-9_]*)+$"
-MODEL_URI = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/|file:///)[^\s]*$"
+MODEL_URI = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^\s/]|file:///)[^\s]*$"
 CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
 

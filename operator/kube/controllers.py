@@ -158,6 +158,13 @@ class Controllers:
                 f"invalid ModelServer: spec.model.uri: {server.spec.model.uri} is a file:// URI, which pods "
                 "cannot reach on Kubernetes. Use pvc://<claim>/<path>/ or spec.model.trainingJobRef."
             )
+        if problem is None and server.spec.model.uri:
+            # A URI the schema lets through but that names no version directory (a fuzzed
+            # "pvc://0/" made the reconcile fail and retry for ever, with nothing in status).
+            try:
+                builders.version_of(server.spec.model.uri)
+            except ValueError as e:
+                problem = f"invalid ModelServer: spec.model.uri: {e}"
         if problem is not None:
             await self._invalid(body, api.ModelServerStatus, problem, since)
             return "invalid", None

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,3 +106,28 @@ def kube(cluster: Cluster) -> World:
 def unique() -> Iterator[str]:
     """A name no earlier run used (resources of failed runs may linger until the cluster is deleted)."""
     yield f"t{uuid.uuid4().hex[:6]}"
+
+
+FAULTS_NS = "faults"
+
+
+@pytest.fixture(scope="session")
+def bare() -> Iterator[tuple[Any, World]]:
+    """A second control plane without a node, for the fault tier: the test plays the kubelet."""
+    if os.environ.get("MLVISOR_E2E_KUBECONFIG"):
+        pytest.skip("the fault tier starts its own node-less control plane (there is none on kind)")
+    from controlplane import cluster as controlplane
+
+    state = REPO / "build" / "controlplane-faults"
+    plane = controlplane.up(state, node=False)
+    world = World(kubernetes_transport(str(plane.kubeconfig)), namespace=FAULTS_NS)
+    c = Cluster(kubeconfig=str(plane.kubeconfig), built=True, state_dir=state)
+    try:
+        c.kubectl("apply", "-f", str(REPO / "manifests" / "crds"))
+        c.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                  "crd/trainingjobs.mlvisor.dev", "crd/modelservers.mlvisor.dev")
+        c.kubectl("create", "namespace", FAULTS_NS)
+        yield plane, world
+    finally:
+        if not os.environ.get("MLVISOR_KEEP_CONTROLPLANE"):
+            controlplane.down(state)

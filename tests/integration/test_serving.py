@@ -98,6 +98,17 @@ def test_a_file_uri_is_invalid_on_kubernetes_until_fixed(world: World, operator)
     eventually(lambda: world.deployment("local"), what="the Deployment once the spec is fixed")
 
 
+def test_a_uri_without_a_version_directory_is_invalid_spec_not_a_retry_loop(world: World, operator) -> None:
+    # Found by the fuzz tier on the real API server: "pvc://0/" passed the old pattern and the
+    # reconcile raised and retried for ever, with nothing in status. (The CRD refuses it now;
+    # the emulator has no schema, so this checks the operator's own guard.)
+    world.create(MS, "noversion", server_spec("pvc://0/"))
+    failed = world.wait_condition(MS, "noversion", "Failed", reason="InvalidSpec")
+    assert "spec.model.uri" in failed["message"]
+    world.patch_spec(MS, "noversion", {"model": {"uri": V1}})
+    eventually(lambda: world.deployment("noversion"), what="the Deployment once the spec is fixed")
+
+
 def test_deleting_a_server_removes_its_deployment_and_service(world: World, operator) -> None:
     world.create(MS, "bye", server_spec(V1))
     eventually(lambda: world.deployment("bye") and world.service("bye"), what="children")
