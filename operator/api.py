@@ -443,6 +443,8 @@ class WorkerStatus(Model):
     """Attempt number; the pod is <job>-worker-<index>-<attempt>."""
     restart_at: dt.datetime | None = None
     """When the pending restart of this worker happens."""
+    created_at: dt.datetime | None = None
+    """When the operator created the current pod (a pod missing for longer than a few seconds after it is lost)."""
     last_exit_code: int | None = None
     """Exit code of the previous attempt."""
     last_reason: str | None = None

@@ -17,9 +17,13 @@ Decisions this module makes (the docs were silent):
   on every call while it is observed alive and not already terminating (the shells treat
   404 as done), so a lost delete heals itself. A create happens exactly once: the status
   records the new attempt in the same plan, and a replay with the same observations
-  creates nothing. Consequently a worker whose pod was created but never observed waits
-  (the deadline bounds it); a pod seen Running that disappears without a terminal state is
-  a failure with reason ``PodLost`` (classify it in failurePolicy if it should be ignored).
+  creates nothing. The status is written only after the create succeeded and the shells
+  observe pods with a fresh (consistent) list, so a pod the status names but the list lacks
+  was deleted: seen Running, at once, or still Pending, once it has been missing for
+  POD_LOST_GRACE_SECONDS after its create (a replay of observations taken before the create
+  changes nothing), it is a failure with reason ``PodLost`` (classify it in failurePolicy if
+  it should be ignored). Waiting for it instead left a job whose Pending pod had been deleted
+  waiting for ever (found through the fault tier on a real API server).
 - **A pod of a newer attempt than the status knows is adopted**, not duplicated (the shell
   created it and crashed before writing status).
 - **Search jobs with more workers than trials** run only as many workers as there are
@@ -96,6 +100,8 @@ MAX_SEARCH_TRIALS = 100_000
 MAX_SPEC_BYTES = 128 * 1024
 #: Re-check this soon while waiting for an old pod to terminate before a restart.
 WAIT_FOR_TERMINATION_SECONDS = 2.0
+POD_LOST_GRACE_SECONDS = 10.0
+"""A Pending pod the status names but the fresh list lacks for this long was deleted."""
 
 _ALIVE = frozenset({"Pending", "Running", "Unknown"})
 _ACTIVE = frozenset({WPhase.PENDING, WPhase.RUNNING})
@@ -174,6 +180,8 @@ class _TrainingReconcile(ConditionWriter):
     actions: list[Action] = field(default_factory=list)
     requeue: list[float] = field(default_factory=list)
     deleted: set[str] = field(default_factory=set)
+    created: set[str] = field(default_factory=set)
+    """Pods this plan creates: not yet in the observations it was computed from."""
 
     def __post_init__(self) -> None:
         self.status = (
@@ -345,8 +353,10 @@ class _TrainingReconcile(ConditionWriter):
         assert self.status.version is not None
         rec.attempt = attempt
         rec.pod = worker_pod_name(self.job, rec.index, attempt)
+        self.created.add(rec.pod)
         rec.phase = WPhase.PENDING
         rec.restart_at = None
+        rec.created_at = from_timestamp(self.now)
         self.actions.append(
             CreatePod(
                 manifest=build_worker_pod(
@@ -428,9 +438,16 @@ class _TrainingReconcile(ConditionWriter):
             return None  # Restarting/Stopped children's old pods die on our orders: not failures
         pod = self._current_pod(rec)
         if pod is None:
-            if rec.phase == WPhase.RUNNING and rec.pod is not None:
-                return Failure(child=child, pod=rec.pod, reason="PodLost")
-            return None  # created but not observed yet
+            if rec.pod is None or rec.pod in self.created:
+                return None  # no pod yet, or created by this very plan
+            if rec.phase == WPhase.PENDING and rec.created_at is not None:
+                # Observations taken before the create may still be replayed for a moment;
+                # past the grace a missing Pending pod was deleted, not slow to appear.
+                wait = to_timestamp(rec.created_at) + POD_LOST_GRACE_SECONDS - self.now
+                if wait > 0:
+                    self.requeue.append(wait)
+                    return None
+            return Failure(child=child, pod=rec.pod, reason="PodLost")
         if pod.phase in ("Pending", "Running"):
             rec.phase = WPhase(pod.phase)
             return None

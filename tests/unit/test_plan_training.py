@@ -511,6 +511,22 @@ def test_a_running_pod_that_vanishes_is_a_failure() -> None:
     assert w.status.supervision.last_failure.reason == "PodLost"
 
 
+def test_a_pending_pod_that_vanishes_is_a_failure_not_a_wait_for_ever() -> None:
+    # The status names the pod only after its create succeeded, and pods are listed fresh:
+    # a Pending pod missing from the list was deleted (kubectl delete, an eviction before
+    # scheduling). Waiting for it left the job Running for ever on a real API server.
+    w = World(make_job(**supervision(backoff={"initialSeconds": 0})))
+    w.reconcile(T0)
+    assert w.status.workers[0].phase == "Pending"
+    del w.pods["iris-worker-0-1"]
+    early = w.reconcile(T0 + 1)  # as a replay of observations from before the create would be
+    assert creates(early) == [] and early.requeue_after is not None and early.requeue_after <= 9.0
+    plan = w.reconcile(T0 + 10)
+    assert creates(plan) == ["iris-worker-0-2"]
+    assert w.status.supervision.last_failure.reason == "PodLost"
+    assert w.status.supervision.total_restarts == 1
+
+
 def test_a_pod_created_before_a_lost_status_write_is_adopted() -> None:
     w = World(make_job(**supervision(backoff={"initialSeconds": 5})))
     w.reconcile(T0)
