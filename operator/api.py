@@ -783,7 +783,6 @@ class RunTrigger(enum.StrEnum):
     SCHEDULE = "Schedule"
     SPEC_CHANGED = "SpecChanged"
     RESTART = "Restart"
-    RESUMED = "Resumed"
 
 
 class RunPhase(enum.StrEnum):
@@ -802,7 +801,7 @@ class PipelineRun(Model):
     number: int = Field(ge=1)
     """Run number, counting from 1."""
     trigger: RunTrigger | None = None
-    """Why it started: Created, Schedule, SpecChanged, Restart (the pipeline restarted training) or Resumed."""
+    """Why it started: Created, Schedule, SpecChanged or Restart (the pipeline restarted training)."""
     phase: RunPhase = RunPhase.PENDING
     """Pending (created, not seen yet), Running, Succeeded, Failed or Stopped (superseded, or stopped by the pipeline)."""
     version: str | None = None

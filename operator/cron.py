@@ -3,10 +3,15 @@
 A ``schedule`` is what a Kubernetes CronJob takes: five fields (minute, hour, day of month,
 month, day of week, with lists, ranges, steps and names) or one of the macros @yearly,
 @annually, @monthly, @weekly, @daily, @midnight, @hourly, evaluated in UTC. The arithmetic
-is croniter's (pinned in pyproject): it is the library made for exactly this, including the
-Vixie-cron rule that a restricted day of month and a restricted day of week match when
-either does. What is not CronJob syntax (a sixth seconds field, a seventh year field,
-Jenkins' ``H``) is refused here, so a schedule means the same in a CronJob and in mlvisor.
+is cronsim's (pinned in pyproject; no dependencies, Debian-cron semantics including the rule
+that a restricted day of month and a restricted day of week match when either does). The
+macros are expanded here to their five fields, as robfig/cron (the CronJob controller's
+parser) does. What is not CronJob syntax (a sixth seconds field, a year field, Jenkins' ``H``)
+is refused, so a schedule means the same in a CronJob and in mlvisor.
+
+Why cronsim and not croniter: croniter 7.0.0 reads a one-value range such as ``5-5`` as
+"every minute" (tests/unit/test_cron.py's brute-force property found it); cronsim answers
+00:05 as cron does, and refuses what cron refuses (``7-3``, ``*/0``, 31 February).
 
 There is no clock: ``after`` is always an argument (epoch seconds), so tests run schedules
 on virtual time.
@@ -19,9 +24,18 @@ import re
 
 __all__ = ["CRON_PATTERN", "MACROS", "CronError", "check_schedule", "next_time"]
 
-MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+#: The macros and the five fields each stands for (robfig/cron's table).
+MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
 
-#: What the CRD schema checks (the API server has no croniter): a macro, or five fields.
+#: What the CRD schema checks (the API server has no cron parser): a macro, or five fields.
 CRON_PATTERN = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[^ \t]+([ \t]+[^ \t]+){4})$"
 
 _PATTERN = re.compile(CRON_PATTERN)
@@ -31,29 +45,42 @@ class CronError(ValueError):
     """The schedule is not a cron expression; the message says what is wrong."""
 
 
-def check_schedule(expression: str) -> None:
-    """Raise CronError naming the problem when ``expression`` is not a CronJob-style schedule."""
-    from croniter import croniter
-    from croniter.croniter import CroniterBadDateError, CroniterError
-
-    if not _PATTERN.match(expression.strip()):
+def _fields(expression: str) -> str:
+    text = expression.strip()
+    if not _PATTERN.match(text):
         raise CronError(
             f"schedule {expression!r} is not a cron expression: expected five fields "
             "(minute hour day-of-month month day-of-week, e.g. '0 3 * * *') or one of " + ", ".join(MACROS)
         )
+    if text in MACROS:
+        return MACROS[text]
+    fields = text.split()
+    # robfig/cron (CronJob) takes "?" for "no specific value" in the two day fields.
+    for day in (2, 4):
+        if fields[day] == "?":
+            fields[day] = "*"
+    return " ".join(fields)
+
+
+def _iterator(expression: str, start: dt.datetime):  # type: ignore[no-untyped-def]
+    from cronsim import CronSim, CronSimError
+
     try:
-        croniter(expression.strip(), dt.datetime(2000, 1, 1, tzinfo=dt.UTC)).get_next(dt.datetime)
-    except (CroniterError, ValueError, KeyError) as e:
-        if isinstance(e, CroniterBadDateError):
-            raise CronError(f"schedule {expression!r} names no time that exists (e.g. 31 February)") from None
+        return CronSim(_fields(expression), start)
+    except CronSimError as e:
         raise CronError(f"schedule {expression!r} is not a valid cron expression: {e}") from None
+
+
+def check_schedule(expression: str) -> None:
+    """Raise CronError naming the problem when ``expression`` is not a CronJob-style schedule."""
+    _iterator(expression, dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
 
 
 def next_time(expression: str, after: float) -> float:
     """The first time (epoch seconds, UTC) strictly after ``after`` that ``expression`` names."""
-    from croniter import croniter
-
-    check_schedule(expression)
     start = dt.datetime.fromtimestamp(after, dt.UTC)
-    following = croniter(expression.strip(), start).get_next(dt.datetime)
+    try:
+        following = next(_iterator(expression, start))
+    except StopIteration:  # pragma: no cover - cronsim refuses expressions that never fire
+        raise CronError(f"schedule {expression!r} names no time after {start.isoformat()}") from None
     return float(following.timestamp())

@@ -89,6 +89,7 @@ from mlvisor.operator.reconcile.plan import (
 from mlvisor.operator.reconcile.serving import check_server_spec
 from mlvisor.operator.reconcile.training import check_training_spec, run_spec_hash
 from mlvisor.operator.supervision import (
+    SEEN_FAILURES_KEPT,
     Decision,
     Failure,
     Policy,
@@ -469,6 +470,13 @@ class _PipelineReconcile(ConditionWriter):
                 return True
         return False
 
+    def _consume(self, exit_: Failure | None) -> None:
+        """A failed child restarted with a group is not a failure of its own any more (OTP ignores
+        the exit of a child it already restarted), so it is not counted again."""
+        sup = self.status.supervision
+        if exit_ is not None and exit_.identity and exit_.identity not in sup.seen_failures:
+            sup.seen_failures = (sup.seen_failures + [exit_.identity])[-SEEN_FAILURES_KEPT:]
+
     def _restart(self, decision: Decision, exit_: Failure) -> None:
         at = self.now + decision.delay
         notes = []
@@ -480,6 +488,7 @@ class _PipelineReconcile(ConditionWriter):
                 self._add_pending(Child.TRAINING, at)
             elif self._server_failed():
                 self._add_pending(Child.SERVING, at)
+                self._consume(self._serving_exit())
             elif exit_.child != SERVING:
                 notes.append(
                     f"{self._serving_words()} and rolls to the new run's model once it is promoted"
