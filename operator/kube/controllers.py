@@ -225,10 +225,21 @@ class Controllers:
         )
         if server is not None and is_controlled_by(server, uid):
             observed.append(observe_child(server, api.ModelServerStatus))
+        elif server is None and await self._server_leftovers(namespace, name):
+            # A deleted ModelServer is still going away (the garbage collector has not removed
+            # its Deployment and pods yet): a new one now would count the old pods' restarts.
+            observed.append(p.ObservedResource(kind=SERVING, name=name, deleting=True))
         plan = plan_pipeline(pipeline, observed, self.clock(), self.config)
         applied = await self.applier.apply(body, plan)
         self._count(PIPELINE, body, plan, applied, since)
         return "ok", plan.requeue_after
+
+    async def _server_leftovers(self, namespace: str, name: str) -> bool:
+        """Whether the Deployment or server pods of a ModelServer named ``name`` still exist."""
+        if await self._get_or_none(client.group_path("apps", "v1", "deployments", namespace, name)) is not None:
+            return True
+        selector = f"{p.LABEL_NAME}=mlvisor,{p.LABEL_INSTANCE}={name},{p.LABEL_COMPONENT}=server"
+        return bool(await self.kube.list(client.core_path("pods", namespace), selector))
 
     # ------------------------------------------------------------------ shared
 

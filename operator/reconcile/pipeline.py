@@ -568,8 +568,14 @@ class _PipelineReconcile(ConditionWriter):
         st = self.status
         status = self._server_status()
         if status is None:
+            server = self._server()
             if st.serving_version is None:
                 self._condition("Ready", "False", "NoModelPromoted", "no run has been promoted yet")
+            elif server is not None and server.deleting:
+                self._condition(
+                    "Ready", "False", "WaitingForDeletion",
+                    f"waiting for the previous ModelServer {self.name}'s Deployment and pods to go away",
+                )
             else:
                 self._condition(
                     "Ready", "False", "Deploying", f"ModelServer {self.name} is created for version {st.serving_version}"

@@ -155,3 +155,35 @@ def test_an_invalid_pipeline_gets_invalid_spec_and_no_children(world: World, ope
     assert "spec.training.search.grid" in failed["message"]
     stays(lambda: not world.exists("/apis/mlvisor.dev/v1alpha1/namespaces/default/trainingjobs/huge-1")
           and world.event_reasons("huge").count("InvalidSpec") == 1, 1.0, "no run, one Warning")
+
+
+def test_a_model_server_that_gives_up_is_recreated_by_the_pipeline(world: World, operator) -> None:
+    spec = pipeline_spec(supervision={"strategy": "OneForOne", "maxRestarts": 2, "periodSeconds": 3600,
+                                      "backoff": {"initialSeconds": 0.3, "factor": 1, "maxSeconds": 0.3}})
+    spec["serving"]["supervision"] = {"maxRestarts": 0}  # its first crash exceeds its intensity: nothing to roll back to
+    world.create(MP, "leaf", spec)
+    uri = finish_run(world, "leaf-1", 0, score=0.9)["model"]["uri"]
+    first = eventually(lambda: world.get(MS, "leaf"), what="the ModelServer")["metadata"]["uid"]
+    rs = ReplicaSetRole(world, "leaf")
+    eventually(lambda: world.deployment("leaf"), what="the Deployment")
+    rs.start_pod("leaf-a", ready=False)
+    rs.crash("leaf-a", 1)
+    world.wait_condition(MS, "leaf", "Failed", reason="RestartIntensityExceeded")
+
+    # The pipeline sees its serving child exit and deletes it after its back-off; it creates
+    # the new one only once the old one's pods are gone (the test plays the garbage collector:
+    # its pod has no ReplicaSet here), so the new one does not count the old pod's restarts.
+    eventually(lambda: not world.exists("/apis/mlvisor.dev/v1alpha1/namespaces/default/modelservers/leaf"),
+               what="the failed ModelServer deleted")
+    stays(lambda: not world.exists("/apis/mlvisor.dev/v1alpha1/namespaces/default/modelservers/leaf"), 0.5,
+          "no new ModelServer while the old one's pod exists")
+    rs.delete_pod("leaf-a")
+    world.wait_event("leaf", "ServingRestarted")
+    second = eventually(lambda: world.get(MS, "leaf")["metadata"]["uid"], what="a new ModelServer")
+    assert second != first
+    assert world.get(MS, "leaf")["spec"]["model"] == {"uri": uri}
+    status = world.status(MP, "leaf")
+    assert status["supervision"]["totalRestarts"] == 1
+    assert status["supervision"]["lastFailure"]["resource"] == "ModelServer leaf"
+    assert status["lastRun"] == 1, "OneForOne: serving restarts alone, no retraining"
+    eventually(lambda: world.deployment("leaf")["spec"]["replicas"] == 1, what="the new ModelServer's Deployment")
