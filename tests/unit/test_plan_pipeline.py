@@ -236,6 +236,27 @@ def test_a_failed_server_restarts_with_training_as_one_group_unless_one_for_one(
     assert [e for e in w.events(plan) if e[1] == "Restarting"] == [("Warning", "Restarting")] * counted
 
 
+def test_a_deleted_server_is_created_again_only_once_it_is_gone() -> None:
+    from pipeline_world import Child
+
+    w = World(supervision={"strategy": "OneForOne"})
+    w.reconcile(T0)
+    serving(w, 1, at=T0 + 5)
+    w.server_failed()
+    w.reconcile(T0 + 10)
+    plan = w.reconcile(T0 + 20)
+    assert ("ModelServer", "iris") in w.deleted(plan)
+    # Its Deployment and pods are still going away: the shell reports it as deleting.
+    w.children[("ModelServer", "iris")] = Child("ModelServer", "iris", {"metadata": {"name": "iris"}}, uid="", deleting=True)
+    plan = w.reconcile(T0 + 21)
+    assert not applied(plan, "ModelServer") and w.deleted(plan) == []
+    assert plan.requeue_after == pytest.approx(2.0)
+    assert w.cond("Ready").reason == "WaitingForDeletion"
+    del w.children[("ModelServer", "iris")]
+    plan = w.reconcile(T0 + 23)
+    assert applied(plan, "ModelServer") and ("Normal", "ServingRestarted") in w.events(plan)
+
+
 def test_a_server_that_recovers_before_its_restart_is_not_recreated() -> None:
     w = World(supervision={"strategy": "OneForOne"})
     w.reconcile(T0)
