@@ -54,7 +54,7 @@ load: ## load the image into the kind cluster
 
 deploy: ## install CRDs, RBAC, operator and the models PVC; wait for the operator
 	$(KUBECTL) apply -k manifests/
-	$(KUBECTL) wait --for=condition=Established --timeout=60s crd/trainingjobs.mlvisor.dev crd/modelservers.mlvisor.dev
+	$(KUBECTL) wait --for=condition=Established --timeout=60s crd/trainingjobs.mlvisor.dev crd/modelservers.mlvisor.dev crd/modelpipelines.mlvisor.dev
 	$(KUBECTL) -n mlvisor-system rollout status deployment/mlvisor-operator --timeout=$(TIMEOUT)
 
 demo: ## train iris, serve it, print a V2 prediction

@@ -13,12 +13,15 @@ Pure: pydantic only, no clock, no I/O.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from mlvisor.operator.cron import CRON_PATTERN
 
 GROUP = "mlvisor.dev"
 VERSION = "v1alpha1"
@@ -640,6 +643,263 @@ class ModelServerStatus(Model):
     """Restart history and the last failure."""
 
 
+# --------------------------------------------------------------------------- ModelPipeline
+
+
+def _rules(model: type[BaseModel], *, transition: bool | None = None) -> list[dict[str, str]]:
+    """The CEL rules a model declares; ``transition=False`` leaves out the oldSelf (update) rules."""
+    extra = model.model_config.get("json_schema_extra")
+    rules = list(extra.get("x-kubernetes-validations", [])) if isinstance(extra, dict) else []
+    if transition is False:
+        rules = [r for r in rules if "oldSelf" not in r["rule"]]
+    return rules
+
+
+class PipelineTrainingSpec(TrainingJobSpec):
+    """A TrainingJob spec, as in a TrainingJob. Each run is a new TrainingJob, so nothing here is immutable: a change of anything but suspend and ttlSecondsAfterFinished starts a new run."""
+
+    model_config = ConfigDict(json_schema_extra=_validations(*_rules(TrainingJobSpec, transition=False)))
+
+
+#: A placeholder model source, to check a serving spec with every ModelServerSpec rule.
+_PLACEHOLDER_MODEL = {"uri": "pvc://placeholder/pipeline/run/version/"}
+
+_ServingFields: type[Model] = create_model(  # ModelServerSpec's fields without `model`
+    "_ServingFields",
+    __base__=Model,
+    **{  # type: ignore[call-overload]
+        name: (info.annotation, copy.copy(info))
+        for name, info in ModelServerSpec.model_fields.items()
+        if name != "model"
+    },
+)
+
+
+#: ModelServerSpec's own CEL rules, but those about its model.
+_SERVING_RULES = [r for r in _rules(ModelServerSpec) if "self.model" not in r["rule"]]
+
+
+class PipelineServingSpec(_ServingFields):  # type: ignore[misc, valid-type]
+    """A ModelServer spec without model: the pipeline serves the model of its promoted run."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(*_SERVING_RULES) if _SERVING_RULES else None
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model" in data:
+            raise ValueError(
+                "spec.serving.model must not be set: the pipeline serves the model of its promoted run"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _is_a_model_server_spec(self) -> PipelineServingSpec:
+        # Every rule of ModelServerSpec holds for the spec the pipeline will build from this one.
+        try:
+            ModelServerSpec.model_validate({**self.to_wire(), "model": _PLACEHOLDER_MODEL})
+        except ValidationError as e:
+            raise ValueError("; ".join(str(err["msg"]) for err in e.errors())) from None
+        return self
+
+    def with_model(self, uri: str) -> ModelServerSpec:
+        """The ModelServer spec that serves the artifact at ``uri``."""
+        return ModelServerSpec.model_validate({**self.to_wire(), "model": {"uri": uri}})
+
+
+class Promotion(Model):
+    """The gate a successful run must pass before its model is served. Scores are the runs' status.model.score: higher is better."""
+
+    min_score: float | None = Field(None, ge=-1e6, le=1e6)
+    """The run's score must reach this (accuracy for classifiers, r2 for regressors, or the search's scoring); none: no minimum."""
+    must_improve: bool = False
+    """true: the run's score must also beat the score of the model being served."""
+
+
+class PipelineSupervision(Model):
+    """OTP-style supervision of the pipeline's two children, a supervisor of supervisors: training (started first), then serving."""
+
+    strategy: Strategy = Strategy.REST_FOR_ONE
+    """OneForOne restarts the failed child; RestForOne also restarts serving when training restarts (serving follows the new run once promoted); OneForAll: a serving failure also retrains. A working server is never stopped."""
+    max_restarts: int = Field(3, ge=0, le=1000)
+    """OTP intensity: at most this many child restarts within periodSeconds; one more escalates (pipeline Failed, the server keeps serving)."""
+    period_seconds: int = Field(3600, ge=1, le=604800)
+    """OTP period: the sliding window, in seconds, in which restarts are counted."""
+    backoff: Backoff = Field(
+        default_factory=lambda: Backoff(initial_seconds=10, factor=2, max_seconds=600),
+        json_schema_extra={"default": {"initialSeconds": 10, "factor": 2, "maxSeconds": 600}},
+    )
+    """Delay before each child restart (Kubernetes addition: OTP restarts at once)."""
+
+
+class ModelPipelineSpec(Model):
+    """Desired state of a ModelPipeline."""
+
+    training: PipelineTrainingSpec
+    """The spec of every training run (a TrainingJob <pipeline>-<run>)."""
+    serving: PipelineServingSpec = Field(
+        default_factory=PipelineServingSpec, json_schema_extra={"default": {}}
+    )
+    """The spec of the ModelServer <pipeline>; its model is the promoted run's artifact."""
+    promotion: Promotion = Field(default_factory=Promotion, json_schema_extra={"default": {}})
+    """The gate before a new model is served."""
+    schedule: str | None = Field(None, max_length=128, pattern=CRON_PATTERN)
+    """Cron schedule (UTC, CronJob syntax: five fields or @daily, @hourly, ...) of extra runs; a time that comes while a run is in progress is skipped."""
+    supervision: PipelineSupervision = Field(
+        default_factory=PipelineSupervision, json_schema_extra={"default": {}}
+    )
+    """The pipeline's own restart intensity and strategy over its children."""
+    run_history_limit: int = Field(5, ge=1, le=100)
+    """Finished runs (TrainingJobs) kept for their logs and artifacts; older ones are deleted, never the one being served."""
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is not None:
+            from mlvisor.operator.cron import check_schedule
+
+            check_schedule(v)
+        return v
+
+
+class PipelinePhase(enum.StrEnum):
+    PENDING = "Pending"
+    TRAINING = "Training"
+    DEPLOYING = "Deploying"
+    SERVING = "Serving"
+    RESTARTING = "Restarting"
+    FAILED = "Failed"
+
+
+class PipelineChild(enum.StrEnum):
+    """The children of a pipeline, in start order."""
+
+    TRAINING = "training"
+    SERVING = "serving"
+
+
+class RunTrigger(enum.StrEnum):
+    CREATED = "Created"
+    SCHEDULE = "Schedule"
+    SPEC_CHANGED = "SpecChanged"
+    RESTART = "Restart"
+
+
+class RunPhase(enum.StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    STOPPED = "Stopped"
+
+
+class PipelineRun(Model):
+    """One training run: a TrainingJob the pipeline created."""
+
+    name: str
+    """The TrainingJob, <pipeline>-<number>."""
+    number: int = Field(ge=1)
+    """Run number, counting from 1."""
+    trigger: RunTrigger | None = None
+    """Why it started: Created, Schedule, SpecChanged or Restart (the pipeline restarted training)."""
+    phase: RunPhase = RunPhase.PENDING
+    """Pending (created, not seen yet), Running, Succeeded, Failed or Stopped (superseded, or stopped by the pipeline)."""
+    version: str | None = None
+    """Artifact version, once the run succeeded."""
+    model_uri: str | None = None
+    """Artifact URI, once the run succeeded."""
+    score: float | None = None
+    """The run's score (its status.model.score)."""
+    promoted: bool = False
+    """The run passed the gate and its model was rolled out."""
+    reason: str | None = Field(None, max_length=1024, pattern=CONDITION_REASON)
+    """Why it was or was not promoted, or why it failed (CamelCase)."""
+    message: str | None = Field(None, max_length=4096)
+    """The same, in words."""
+    start_time: dt.datetime | None = None
+    """When the pipeline created the TrainingJob."""
+    completion_time: dt.datetime | None = None
+    """When the pipeline saw it finish."""
+
+
+class PendingRestart(Model):
+    """A child restart the pipeline decided and has not carried out yet."""
+
+    child: PipelineChild
+    """training (a new run) or serving (a re-created ModelServer)."""
+    restart_at: dt.datetime | None = None
+    """When it happens (back-off); absent while the pipeline is Failed (it happens once the spec changes)."""
+
+
+class ChildFailure(Model):
+    """The most recent child exit the pipeline handled."""
+
+    child: PipelineChild
+    """training or serving."""
+    resource: str
+    """The child that failed, e.g. TrainingJob iris-3."""
+    reason: str | None = None
+    """The child's Failed reason (RestartIntensityExceeded, FailurePolicy, ...)."""
+    exit_code: int | None = None
+    """For a training run: the exit code of its last failed worker."""
+    message: str | None = Field(None, max_length=4096)
+    """The child's Failed message."""
+    time: dt.datetime
+    """When the pipeline saw it."""
+
+
+class PipelineSupervisionStatus(Model):
+    """The pipeline's memory as a supervisor; kept in status so an operator restart neither forgets nor double-counts."""
+
+    restart_times: list[dt.datetime] = Field(default_factory=list)
+    """Times of the child restarts inside the current window (at most maxRestarts+1 entries)."""
+    restarts_in_window: int = 0
+    """Number of restarts counted in the current window."""
+    total_restarts: int = 0
+    """Child restarts over the whole life of the pipeline."""
+    next_restart_time: dt.datetime | None = None
+    """When the next pending child restart happens (back-off)."""
+    pending: list[PendingRestart] = Field(default_factory=list)
+    """Child restarts decided and not carried out yet."""
+    last_failure: ChildFailure | None = None
+    """The most recent child failure."""
+    seen_failures: list[str] = Field(default_factory=list)
+    """Identities of the child exits already handled (uid@time of their Failed condition), newest last."""
+
+
+class ModelPipelineStatus(Model):
+    """Observed state of a ModelPipeline."""
+
+    observed_generation: int | None = None
+    """metadata.generation this status reflects."""
+    phase: PipelinePhase = PipelinePhase.PENDING
+    """Pending, Training (no model served yet), Deploying, Serving, Restarting (a child waits for its back-off) or Failed."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Training, Ready, Restarting, Failed (by type)."""
+    runs: list[PipelineRun] = Field(default_factory=list)
+    """The kept runs, oldest first."""
+    last_run: int = 0
+    """Number of the latest run."""
+    training_spec_hash: str | None = None
+    """Fingerprint of spec.training the latest run started from (suspend and ttlSecondsAfterFinished excluded)."""
+    serving_run: str | None = None
+    """The run whose model the ModelServer is told to serve."""
+    serving_version: str | None = None
+    """Its artifact version (printer column)."""
+    serving_model_uri: str | None = None
+    """Its artifact URI."""
+    serving_score: float | None = None
+    """Its score: what mustImprove compares against."""
+    url: str | None = None
+    """V2 base URL of the served model (the ModelServer's status.url)."""
+    next_run_time: dt.datetime | None = None
+    """When spec.schedule starts the next run."""
+    supervision: PipelineSupervisionStatus = Field(default_factory=PipelineSupervisionStatus)
+    """Restart window, pending restarts and the last child failure."""
+
+
 # --------------------------------------------------------------------------- whole resources
 
 
@@ -676,11 +936,21 @@ class ModelServer(Model):
     status: ModelServerStatus | None = None
 
 
-KINDS: dict[str, type[TrainingJob] | type[ModelServer]] = {
+class ModelPipeline(Model):
+    """A ModelPipeline resource: retrain, gate and serve a model, supervising its TrainingJob runs and its ModelServer as a tree."""
+
+    api_version: Literal["mlvisor.dev/v1alpha1"] = API_VERSION
+    kind: Literal["ModelPipeline"] = "ModelPipeline"
+    metadata: ObjectMeta
+    spec: ModelPipelineSpec
+    status: ModelPipelineStatus | None = None
+
+
+KINDS: dict[str, type[TrainingJob] | type[ModelServer] | type[ModelPipeline]] = {
     "TrainingJob": TrainingJob,
     "ModelServer": ModelServer,
+    "ModelPipeline": ModelPipeline,
 }
 
-PLURALS = {"TrainingJob": "trainingjobs", "ModelServer": "modelservers"}
-SHORT_NAMES = {"TrainingJob": "tj", "ModelServer": "ms"}
-
+PLURALS = {"TrainingJob": "trainingjobs", "ModelServer": "modelservers", "ModelPipeline": "modelpipelines"}
+SHORT_NAMES = {"TrainingJob": "tj", "ModelServer": "ms", "ModelPipeline": "mp"}

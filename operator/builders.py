@@ -21,11 +21,14 @@ from mlvisor.operator import api
 from mlvisor.operator.reconcile.plan import (
     ANNOTATION_MODEL_URI,
     ANNOTATION_MODEL_VERSION,
+    ANNOTATION_TRAINING_SPEC_HASH,
     LABEL_ATTEMPT,
     LABEL_COMPONENT,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     LABEL_NAME,
+    LABEL_PIPELINE,
+    LABEL_RUN,
     LABEL_WORKER_INDEX,
     MANAGED_BY,
     SELECT_INDEX,
@@ -40,6 +43,8 @@ __all__ = [
     "DEFAULT_WORKER_RESOURCES",
     "RUN_AS_ID",
     "STARTUP_PROBE_PERIOD_SECONDS",
+    "build_pipeline_server",
+    "build_pipeline_training_job",
     "build_server_deployment",
     "build_server_service",
     "build_worker_pod",
@@ -47,6 +52,9 @@ __all__ = [
     "owner_of",
     "parse_model_uri",
     "parse_worker_index",
+    "pipeline_labels",
+    "pipeline_run_name",
+    "pipeline_training_selector",
     "select_pod_name",
     "server_labels",
     "server_selector",
@@ -58,6 +66,9 @@ __all__ = [
 
 #: Longest name a Pod may have and still be usable as a hostname label (DNS-1123 label).
 MAX_NAME_LENGTH = 63
+
+#: Longest run (TrainingJob) name of a pipeline: its pods add "-worker-<index>-<attempt>".
+MAX_RUN_NAME_LENGTH = 44
 
 #: UID and GID of every mlvisor container (the image's non-root user).
 RUN_AS_ID = 10001
@@ -89,17 +100,17 @@ _TMP_MOUNT = "/tmp"
 # --------------------------------------------------------------------------- names
 
 
-def _fit_name(base: str, suffix: str) -> str:
-    """``<base><suffix>``, shortened deterministically to MAX_NAME_LENGTH characters.
+def _fit_name(base: str, suffix: str, limit: int = MAX_NAME_LENGTH) -> str:
+    """``<base><suffix>``, shortened deterministically to ``limit`` characters.
 
     When too long, the base is cut and followed by 8 hex digits of its SHA-256, so two
     long job names that share a prefix still give different pod names.
     """
     name = f"{base}{suffix}"
-    if len(name) <= MAX_NAME_LENGTH:
+    if len(name) <= limit:
         return name
     digest = hashlib.sha256(base.encode()).hexdigest()[:8]
-    keep = MAX_NAME_LENGTH - len(suffix) - len(digest) - 1
+    keep = limit - len(suffix) - len(digest) - 1
     prefix = base[: max(keep, 0)].rstrip("-.")
     return f"{prefix}-{digest}{suffix}" if prefix else f"{digest}{suffix}"
 
@@ -178,7 +189,7 @@ def version_of(uri: str) -> str:
 # --------------------------------------------------------------------------- shared pieces
 
 
-def owner_of(resource: api.TrainingJob | api.ModelServer) -> Owner:
+def owner_of(resource: api.TrainingJob | api.ModelServer | api.ModelPipeline) -> Owner:
     """The Owner of a resource's children (uid "" when the resource has none, i.e. locally)."""
     meta = resource.metadata
     return Owner(
@@ -488,4 +499,62 @@ def build_server_service(server: api.ModelServer, config: OperatorConfig) -> dic
             "selector": server_selector(server),
             "ports": [{"name": "http", "port": svc.port, "targetPort": "http", "protocol": "TCP"}],
         },
+    }
+
+
+# --------------------------------------------------------------------------- model pipeline
+
+
+def pipeline_run_name(pipeline: api.ModelPipeline | str, number: int) -> str:
+    """``<pipeline>-<number>``: the TrainingJob of one run (shortened like pod names when too long).
+
+    Kept short enough that the run's pods, ``<run>-worker-<i>-<attempt>``, still fit a label.
+    """
+    if number < 1:
+        raise ValueError(f"run number must be >= 1, got {number}")
+    base = pipeline if isinstance(pipeline, str) else pipeline.metadata.name
+    return _fit_name(base, f"-{number}", limit=MAX_RUN_NAME_LENGTH)
+
+
+def pipeline_labels(pipeline: api.ModelPipeline, component: str) -> dict[str, str]:
+    """Labels of a pipeline's children: component ``training`` (runs) or ``serving``."""
+    return {
+        LABEL_NAME: "mlvisor",
+        LABEL_INSTANCE: pipeline.metadata.name,
+        LABEL_COMPONENT: component,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_PIPELINE: pipeline.metadata.name,
+    }
+
+
+def pipeline_training_selector(pipeline: api.ModelPipeline) -> dict[str, str]:
+    """The labels a pipeline's TrainingJobs are listed by."""
+    return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_PIPELINE: pipeline.metadata.name, LABEL_COMPONENT: "training"}
+
+
+def build_pipeline_training_job(pipeline: api.ModelPipeline, number: int, spec_hash: str) -> dict[str, Any]:
+    """The TrainingJob of run ``number``: spec.training as is, owned by the pipeline (controller)."""
+    labels = {**pipeline_labels(pipeline, "training"), LABEL_RUN: str(number)}
+    spec = api.TrainingJobSpec.model_validate(pipeline.spec.training.to_wire())
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": "TrainingJob",
+        "metadata": _metadata(
+            pipeline_run_name(pipeline, number),
+            owner_of(pipeline),
+            labels,
+            {ANNOTATION_TRAINING_SPEC_HASH: spec_hash},
+        ),
+        "spec": spec.to_wire(),
+    }
+
+
+def build_pipeline_server(pipeline: api.ModelPipeline, model_uri: str) -> dict[str, Any]:
+    """The ModelServer ``<pipeline>``: spec.serving with the promoted run's artifact as its model."""
+    spec = pipeline.spec.serving.with_model(model_uri)
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": "ModelServer",
+        "metadata": _metadata(pipeline.metadata.name, owner_of(pipeline), pipeline_labels(pipeline, "serving")),
+        "spec": spec.to_wire(),
     }

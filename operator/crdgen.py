@@ -103,6 +103,7 @@ def _top_schema(kind: str) -> dict[str, Any]:
     spec_model, status_model = {
         "TrainingJob": (api.TrainingJobSpec, api.TrainingJobStatus),
         "ModelServer": (api.ModelServerSpec, api.ModelServerStatus),
+        "ModelPipeline": (api.ModelPipelineSpec, api.ModelPipelineStatus),
     }[kind]
     spec = structural_schema(spec_model)
     status = structural_schema(status_model, mode="serialization")
@@ -152,11 +153,24 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
         {"name": "URL", "type": "string", "jsonPath": ".status.url"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
+    "ModelPipeline": [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        _condition_column("Ready", "Ready"),
+        {"name": "Serving-Version", "type": "string", "jsonPath": ".status.servingVersion",
+         "description": "artifact version of the promoted run the ModelServer serves"},
+        {"name": "Score", "type": "number", "jsonPath": ".status.servingScore",
+         "description": "score of the served run"},
+        {"name": "Restarts", "type": "integer", "jsonPath": ".status.supervision.totalRestarts",
+         "description": "child restarts (training runs and ModelServers)"},
+        {"name": "Runs", "type": "integer", "jsonPath": ".status.lastRun", "priority": 1},
+        {"name": "Next-Run", "type": "date", "jsonPath": ".status.nextRunTime", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ],
 }
 
 
 def crd(kind: str) -> dict[str, Any]:
-    """The CustomResourceDefinition of one kind (TrainingJob or ModelServer)."""
+    """The CustomResourceDefinition of one kind (TrainingJob, ModelServer or ModelPipeline)."""
     plural = api.PLURALS[kind]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

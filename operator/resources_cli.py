@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from mlvisor.operator import api
 
-Resource = api.TrainingJob | api.ModelServer
+Resource = api.TrainingJob | api.ModelServer | api.ModelPipeline
 
 
 class ResourceError(Exception):
@@ -149,6 +149,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--output", "-o", metavar="DIR", help="write one YAML file per CRD into DIR")
     p.set_defaults(func=_cmd_crds)
 
-    v = sub.add_parser("validate", help="check TrainingJob/ModelServer files; exit 1 naming every bad field")
+    v = sub.add_parser("validate", help="check TrainingJob/ModelServer/ModelPipeline files; exit 1 naming every bad field")
     v.add_argument("files", nargs="+", metavar="FILE")
     v.set_defaults(func=_cmd_validate)

@@ -114,7 +114,7 @@ class Failure:
     child: int
     """Index of the child (worker index; replica slot for servers)."""
     pod: str
-    """The pod (or local process) that terminated."""
+    """The pod (or local process) that terminated; for a supervisor of supervisors, the child resource (TrainingJob iris-3)."""
     restart_count: int = 0
     """The container's restartCount when it terminated (0 for pods that are never restarted in place)."""
     exit_code: int | None = None
@@ -125,6 +125,8 @@ class Failure:
     """Types of the pod conditions whose status is True (e.g. DisruptionTarget)."""
     succeeded: bool = False
     """The child exited with success (exit code 0)."""
+    identity: str | None = None
+    """What identifies this exit when pod#restart_count does not: a child resource's uid and the time of its Failed condition."""
 
 
 def failure_key(pod: str, restart_count: int) -> str:
@@ -211,6 +213,8 @@ class Policy:
     """Indices of every child of the supervisor, in start order."""
     child_noun: str = "worker"
     """What a child is called in messages (worker, replica)."""
+    child_names: tuple[str, ...] = ()
+    """Names of the children by index, for supervisors whose children are not numbered (a pipeline: training, serving)."""
 
 
 def _remember(state: SupervisorState, key: str) -> tuple[str, ...]:
@@ -227,11 +231,13 @@ def supervise_exit(
     a Temporary child is never restarted (the resource fails); otherwise the restart is
     admitted by the intensity window or refused (escalation), and delayed by back-off.
     """
-    key = failure_key(exit_.pod, exit_.restart_count)
+    key = exit_.identity or failure_key(exit_.pod, exit_.restart_count)
     if key in state.seen_failures:
         return Decision(Verdict.DUPLICATE, "AlreadyHandled", f"{exit_.pod} was already handled"), state
     seen = _remember(state, key)
-    if len(policy.children) > 1:
+    if policy.child_names:
+        who = f"{policy.child_names[exit_.child]} ({exit_.pod})"
+    elif len(policy.children) > 1:
         who = f"{policy.child_noun} {exit_.child} (pod {exit_.pod})"
     else:
         who = f"{policy.child_noun} pod {exit_.pod}"
@@ -320,6 +326,9 @@ def describe_failure(f: Failure) -> str:
 
 
 def _group_words(group: tuple[int, ...], policy: Policy) -> str:
+    if policy.child_names:
+        names = [policy.child_names[c] for c in group]
+        return names[0] if len(names) == 1 else f"{' and '.join(names)} ({policy.strategy.value})"
     if len(policy.children) == 1:
         return "it"
     if len(group) == 1:

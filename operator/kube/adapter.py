@@ -157,15 +157,42 @@ class PlanApplier:
             await self._apply_object(body, path, action.manifest, applied)
         elif isinstance(action, p.ApplyService):
             await self._apply_object(body, client.core_path("services", namespace), action.manifest, applied)
+        elif isinstance(action, p.ApplyResource):
+            kind = action.manifest["kind"]
+            path = client.group_path(api.GROUP, api.VERSION, api.PLURALS[kind], namespace)
+            await self._apply_object(body, path, action.manifest, applied, owned_only=True)
+        elif isinstance(action, p.DeleteResource):
+            path = client.group_path(api.GROUP, api.VERSION, api.PLURALS[action.kind], namespace, action.name)
+            try:
+                await self.kube.delete(path, {"propagationPolicy": "Background"})
+                applied.wrote()
+                applied.deleted.append(action.name)
+                logger.info(
+                    "deleted %s %s: %s", action.kind, action.name, action.reason,
+                    extra=fields(body["kind"], namespace, meta["name"]),
+                )
+            except ApiError as e:
+                if e.status != 404:
+                    raise
         elif isinstance(action, p.RecordEvent):
             await self.record_event(body, action.type, action.reason, action.message, applied)
         else:  # pragma: no cover - a new action type must be taught to the shell
             raise TypeError(f"unknown plan action {action!r}")
 
     async def _apply_object(
-        self, body: Mapping[str, Any], collection: str, manifest: Mapping[str, Any], applied: Applied
+        self,
+        body: Mapping[str, Any],
+        collection: str,
+        manifest: Mapping[str, Any],
+        applied: Applied,
+        *,
+        owned_only: bool = False,
     ) -> None:
-        """Create, or merge-patch the live object where it differs from the manifest."""
+        """Create, or merge-patch the live object where it differs from the manifest.
+
+        ``owned_only``: refuse to take over an existing object the resource does not control
+        (a pipeline never rewrites a TrainingJob or ModelServer a user created by that name).
+        """
         name = manifest["metadata"]["name"]
         path = f"{collection}/{name}"
         try:
@@ -185,6 +212,11 @@ class PlanApplier:
         owner = controller_of(live)
         if owner is not None and not is_controlled_by(live, body["metadata"].get("uid")):
             raise ApiError(409, "Conflict", f"{path} exists and is controlled by {owner[0]} {owner[1]}, not by mlvisor")
+        if owned_only and owner is None:
+            raise ApiError(
+                409, "Conflict",
+                f"{path} exists and is not controlled by {body['kind']} {body['metadata']['name']}: rename or delete it",
+            )
         desired = {k: v for k, v in manifest.items() if k != "status"}
         if not is_subset(desired, live):
             await self.kube.patch(path, desired)

@@ -17,7 +17,7 @@ from typing import Any
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "operator",
-        help="run the Kubernetes operator (TrainingJob and ModelServer controllers)",
+        help="run the Kubernetes operator (TrainingJob, ModelServer and ModelPipeline controllers)",
         description=(
             "Run the mlvisor controllers against the current cluster: the in-cluster service account "
             "inside a pod, the current kubeconfig context otherwise. Runs until SIGINT/SIGTERM."

@@ -1,4 +1,4 @@
-"""The two reconcilers: gather the facts about one resource, ask its planner, apply the plan.
+"""The reconcilers: gather the facts about one resource, ask its planner, apply the plan.
 
 Level-triggered, in kubebuilder's shape: read the resource fresh from the API (never trust an
 event's copy), list its children, turn them into observed values, call the pure planner with
@@ -26,8 +26,15 @@ from mlvisor.operator.kube.adapter import Applied, PlanApplier, became_true
 from mlvisor.operator.kube.client import ApiError, Kube
 from mlvisor.operator.kube.logs import fields
 from mlvisor.operator.kube.metrics import Metrics
-from mlvisor.operator.kube.observe import is_controlled_by, observe_deployment, observe_pod, termination_summary
+from mlvisor.operator.kube.observe import (
+    is_controlled_by,
+    observe_child,
+    observe_deployment,
+    observe_pod,
+    termination_summary,
+)
 from mlvisor.operator.reconcile import conditions, plan as p
+from mlvisor.operator.reconcile.pipeline import plan_pipeline
 from mlvisor.operator.reconcile.serving import plan_serving
 from mlvisor.operator.reconcile.training import plan_training
 
@@ -35,9 +42,10 @@ logger = logging.getLogger(__name__)
 
 TRAINING = "TrainingJob"
 SERVING = "ModelServer"
+PIPELINE = "ModelPipeline"
 
 Key = tuple[str, str, str]
-"""(kind, namespace, name) of a TrainingJob or ModelServer."""
+"""(kind, namespace, name) of a TrainingJob, ModelServer or ModelPipeline."""
 
 
 def describe_validation_error(kind: str, error: pydantic.ValidationError) -> str:
@@ -63,7 +71,7 @@ def _wire_body(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def parse_resource(
-    model: type[api.TrainingJob] | type[api.ModelServer], body: Mapping[str, Any]
+    model: type[api.TrainingJob] | type[api.ModelServer] | type[api.ModelPipeline], body: Mapping[str, Any]
 ) -> tuple[Any, str | None]:
     """(resource, None) or (None, message naming the field) when the spec is invalid.
 
@@ -92,7 +100,7 @@ def _previous_status(model: type[pydantic.BaseModel], body: Mapping[str, Any]) -
 
 
 class Controllers:
-    """Both reconcilers of one operator process; ``reconcile(key, since)`` is the work queue's callback."""
+    """The reconcilers of one operator process; ``reconcile(key, since)`` is the work queue's callback."""
 
     def __init__(
         self,
@@ -112,6 +120,8 @@ class Controllers:
         try:
             if kind == TRAINING:
                 result, again = await self.reconcile_training(namespace, name, since)
+            elif kind == PIPELINE:
+                result, again = await self.reconcile_pipeline(namespace, name, since)
             else:
                 result, again = await self.reconcile_serving(namespace, name, since)
         except Exception:
@@ -199,6 +209,44 @@ class Controllers:
         if not model.get("uri") or not model.get("version"):
             return None
         return p.ModelRef(uri=str(model["uri"]), version=str(model["version"]))
+
+    # ------------------------------------------------------------------ ModelPipeline
+
+    async def reconcile_pipeline(self, namespace: str, name: str, since: float | None) -> tuple[str, float | None]:
+        path = client.group_path(api.GROUP, api.VERSION, api.PLURALS[PIPELINE], namespace, name)
+        body = await self._get_or_none(path)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return "gone", None  # children go with it (ownerReferences)
+        pipeline, problem = parse_resource(api.ModelPipeline, body)
+        if problem is not None:
+            await self._invalid(body, api.ModelPipelineStatus, problem, since)
+            return "invalid", None
+        uid = body["metadata"].get("uid")
+        selector = ",".join(f"{k}={v}" for k, v in builders.pipeline_training_selector(pipeline).items())
+        jobs = await self.kube.list(
+            client.group_path(api.GROUP, api.VERSION, api.PLURALS[TRAINING], namespace), selector
+        )
+        observed = [observe_child(job, api.TrainingJobStatus) for job in jobs if is_controlled_by(job, uid)]
+        server = await self._get_or_none(
+            client.group_path(api.GROUP, api.VERSION, api.PLURALS[SERVING], namespace, name)
+        )
+        if server is not None and is_controlled_by(server, uid):
+            observed.append(observe_child(server, api.ModelServerStatus))
+        elif server is None and await self._server_leftovers(namespace, name):
+            # A deleted ModelServer is still going away (the garbage collector has not removed
+            # its Deployment and pods yet): a new one now would count the old pods' restarts.
+            observed.append(p.ObservedResource(kind=SERVING, name=name, deleting=True))
+        plan = plan_pipeline(pipeline, observed, self.clock(), self.config)
+        applied = await self.applier.apply(body, plan)
+        self._count(PIPELINE, body, plan, applied, since)
+        return "ok", plan.requeue_after
+
+    async def _server_leftovers(self, namespace: str, name: str) -> bool:
+        """Whether the Deployment or server pods of a ModelServer named ``name`` still exist."""
+        if await self._get_or_none(client.group_path("apps", "v1", "deployments", namespace, name)) is not None:
+            return True
+        selector = f"{p.LABEL_NAME}=mlvisor,{p.LABEL_INSTANCE}={name},{p.LABEL_COMPONENT}=server"
+        return bool(await self.kube.list(client.core_path("pods", namespace), selector))
 
     # ------------------------------------------------------------------ shared
 

@@ -7,7 +7,9 @@ names the resource whose state it may change, and that resource is queued for a
 level-triggered reconcile (``controllers.py``) on the per-resource work queue (``queue.py``),
 which also carries the planners' ``requeue_after`` (back-off waits, deadlines, TTLs):
 
-- a TrainingJob or ModelServer event -> reconcile it;
+- a TrainingJob, ModelServer or ModelPipeline event -> reconcile it; a TrainingJob or
+  ModelServer a pipeline controls -> reconcile that pipeline too (the tree's child exits
+  and successes reach their parent this way);
 - a pod event -> reconcile its TrainingJob (controller ownerReference) or its ModelServer
   (``app.kubernetes.io/instance`` of a server pod; server pods are owned by ReplicaSets);
 - a Deployment event -> reconcile its ModelServer (rollout progress, readiness);
@@ -29,7 +31,7 @@ import kopf
 from mlvisor.operator import api
 from mlvisor.operator.kube import client
 from mlvisor.operator.kube import settings as operator_settings
-from mlvisor.operator.kube.controllers import SERVING, TRAINING, Controllers, retry_delay
+from mlvisor.operator.kube.controllers import PIPELINE, SERVING, TRAINING, Controllers, retry_delay
 from mlvisor.operator.kube.metrics import Metrics
 from mlvisor.operator.kube.queue import WorkQueue
 from mlvisor.operator.reconcile import plan as p
@@ -104,11 +106,24 @@ def servers_by_job(namespace: str, name: str, spec: Any, **_: Any) -> dict[tuple
     return {(namespace, ref): name} if ref else None
 
 
+def _trigger_pipeline(memo: kopf.Memo, namespace: str, meta: Any) -> None:
+    """A pipeline's child changed: its pipeline reconciles too (controller ownerReference)."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == PIPELINE and str(ref.get("apiVersion", "")).startswith(api.GROUP):
+            memo.queue.trigger((PIPELINE, namespace, ref["name"]))
+
+
+@kopf.on.event(api.GROUP, api.VERSION, "modelpipelines", registry=registry)
+async def model_pipeline_event(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.queue.trigger((PIPELINE, namespace, name))
+
+
 @kopf.on.event(api.GROUP, api.VERSION, "trainingjobs", registry=registry)
 async def training_job_event(
-    namespace: str, name: str, body: Any, memo: kopf.Memo, servers_by_job: kopf.Index[Any, str], **_: Any
+    namespace: str, name: str, body: Any, meta: Any, memo: kopf.Memo, servers_by_job: kopf.Index[Any, str], **_: Any
 ) -> None:
     memo.queue.trigger((TRAINING, namespace, name))
+    _trigger_pipeline(memo, namespace, meta)
     model = (body.get("status") or {}).get("model") or {}
     version = model.get("version")
     seen: dict[tuple[str, str], Any] = memo.setdefault("model_versions", {})
@@ -119,8 +134,9 @@ async def training_job_event(
 
 
 @kopf.on.event(api.GROUP, api.VERSION, "modelservers", registry=registry)
-async def model_server_event(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def model_server_event(namespace: str, name: str, meta: Any, memo: kopf.Memo, **_: Any) -> None:
     memo.queue.trigger((SERVING, namespace, name))
+    _trigger_pipeline(memo, namespace, meta)
 
 
 @kopf.on.event("v1", "pods", labels=MANAGED, registry=registry)

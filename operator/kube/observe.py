@@ -13,6 +13,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from mlvisor.operator import builders
 from mlvisor.operator.reconcile import plan
 
@@ -141,3 +143,27 @@ def termination_summary(pods: Iterable[Mapping[str, Any]]) -> dict[str, Any] | N
                 if found is None or finished >= found[0]:
                     found = (finished, message)
     return found[1] if found else None
+
+
+def observe_child(obj: Mapping[str, Any], status_model: type[BaseModel]) -> plan.ObservedResource:
+    """A pipeline's TrainingJob or ModelServer as the pipeline planner sees it.
+
+    A status that does not parse (written by another version) is reported as None, like a
+    child that has not reported yet, rather than failing the pipeline's reconcile.
+    """
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    try:
+        status = status_model.model_validate(obj["status"]) if obj.get("status") else None
+    except ValidationError:
+        status = None
+    run = labels.get(plan.LABEL_RUN)
+    return plan.ObservedResource(
+        kind=str(obj.get("kind", "")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid") or ""),
+        run=(_int(run, 0) or None) if run is not None else None,
+        spec_hash=(meta.get("annotations") or {}).get(plan.ANNOTATION_TRAINING_SPEC_HASH),
+        status=status,
+        deleting=bool(meta.get("deletionTimestamp")),
+    )

@@ -44,12 +44,12 @@ def register(sub: Any) -> None:
         "run",
         help="train, serve and supervise resources on this machine (no cluster needed)",
         description=(
-            "Run TrainingJob and ModelServer resources (the YAML you would kubectl apply) as supervised "
+            "Run TrainingJob, ModelServer and ModelPipeline resources (the YAML you would kubectl apply) as supervised "
             "local processes. Without --exit-after-ready or --predict it keeps serving until Ctrl-C; "
             "edits to the files are applied while it runs."
         ),
     )
-    p.add_argument("files", nargs="+", metavar="FILE", help="YAML files of TrainingJob/ModelServer documents")
+    p.add_argument("files", nargs="+", metavar="FILE", help="YAML files of TrainingJob/ModelServer/ModelPipeline documents")
     p.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                    help=f"volumes, logs and scratch space (default {default_data_dir()})")
     p.add_argument("--status-file", type=Path, metavar="PATH",

@@ -8,7 +8,10 @@ plan's actions in order, and store the new status. It wakes when a child changes
 restart, readiness), when a planner's ``requeue_after`` is due, or when a resource file
 changes on disk (re-read like a ``kubectl apply`` of the new version). Level-triggered:
 reconciling more often than needed is harmless, so every wake-up reconciles everything,
-TrainingJobs first so a ModelServer sees its job's fresh ``status.model``.
+TrainingJobs first so a ModelServer sees its job's fresh ``status.model``, ModelPipelines last
+so they see their children's fresh statuses. A pipeline's children (its runs' TrainingJobs,
+its ModelServer) are resources like the others, created, patched and deleted by its plans
+rather than by the files, and deleted with it (the garbage collector's part).
 
 Nothing here decides policy: restarts, back-off, escalation and rollback are the planners'
 and ``supervision.py``'s. The differences from a cluster are said where they are made
@@ -39,22 +42,30 @@ from mlvisor.operator.local.processes import LocalProcess, ManifestError, proces
 from mlvisor.operator.local.service import LocalService
 from mlvisor.operator.reconcile.plan import (
     LABEL_ATTEMPT,
+    ANNOTATION_TRAINING_SPEC_HASH,
     LABEL_COMPONENT,
+    LABEL_RUN,
     LABEL_WORKER_INDEX,
     ApplyDeployment,
+    ApplyResource,
     ApplyService,
     CreatePod,
     DeletePod,
+    DeleteResource,
     ModelRef,
     ObservedPod,
+    ObservedResource,
     OperatorConfig,
     Plan,
     RecordEvent,
 )
 
-Resource = api.TrainingJob | api.ModelServer
+Resource = api.TrainingJob | api.ModelServer | api.ModelPipeline
 Key = tuple[str, str, str]
 """(kind, namespace, name)."""
+
+#: Reconcile order of the kinds: jobs, then the servers that wait for them, then the pipelines over both.
+KIND_ORDER = {"TrainingJob": 0, "ModelServer": 1, "ModelPipeline": 2}
 
 #: TrainingJob fields the API server refuses to change (the CRD's CEL transition rules).
 IMMUTABLE_TRAINING_FIELDS = ("dataset", "estimator", "search", "workers", "test_size", "random_state", "output")
@@ -149,6 +160,9 @@ class LocalRuntime:
         self.deployments: dict[Key, LocalDeployment] = {}
         self.services: dict[Key, LocalService] = {}
         self.requeue_at: dict[Key, float] = {}
+        self.owners: dict[Key, Key] = {}
+        """Child -> its controller (a pipeline's TrainingJobs and ModelServer)."""
+        self._conflicts: set[Key] = set()
         self.processes: list[LocalProcess] = []
         """Every process ever started in this run (for the pid file and the leak check)."""
         self._wake = asyncio.Event()
@@ -192,12 +206,15 @@ class LocalRuntime:
                     continue
             meta = old.metadata.model_copy(update={"generation": (old.metadata.generation or 1) + 1})
             self.resources[key] = new.model_copy(update={"metadata": meta, "status": None})
-        for key in [k for k in self.resources if k not in incoming]:
+        for key in [k for k in self.resources if k not in incoming and k not in self.owners]:
             self._delete_resource(key)
         self._wake.set()
         return problems
 
     def _delete_resource(self, key: Key) -> None:
+        for child in [c for c, owner in self.owners.items() if owner == key]:
+            self._delete_resource(child)  # the garbage collector's part: dependents go with their owner
+        self.owners.pop(key, None)
         self.resources.pop(key, None)
         self.statuses.pop(key, None)
         self.requeue_at.pop(key, None)
@@ -252,12 +269,14 @@ class LocalRuntime:
         """One reconcile of every resource (TrainingJobs first)."""
         now = time.time()
         self._check_files(now)
-        for key in sorted(self.resources, key=lambda k: (k[0] != "TrainingJob", k)):
+        for key in sorted(self.resources, key=lambda k: (KIND_ORDER.get(k[0], 9), k)):
             if key not in self.resources:
                 continue
             try:
                 if key[0] == "TrainingJob":
                     plan = self._plan_training(key, now)
+                elif key[0] == "ModelPipeline":
+                    plan = self._plan_pipeline(key, now)
                 else:
                     plan = self._plan_serving(key, now)
                 await self._carry_out(key, plan)
@@ -359,6 +378,51 @@ class LocalRuntime:
         observed_dep, pods = (None, []) if dep is None or dep.manifest is None else dep.observe()
         return plan_serving(server, observed_dep, pods, self.model_source(server), now, self.config)
 
+    def _plan_pipeline(self, key: Key, now: float) -> Plan:
+        from mlvisor.operator.reconcile.pipeline import plan_pipeline
+
+        pipeline = self.resource_with_status(key)
+        assert isinstance(pipeline, api.ModelPipeline)
+        observed = []
+        for child in sorted(c for c, owner in self.owners.items() if owner == key):
+            resource = self.resources[child]
+            meta = resource.metadata
+            run = meta.labels.get(LABEL_RUN)
+            observed.append(
+                ObservedResource(
+                    kind=child[0], name=child[2], uid=meta.uid or "", run=int(run) if run else None,
+                    spec_hash=meta.annotations.get(ANNOTATION_TRAINING_SPEC_HASH), status=self.statuses.get(child),
+                )
+            )
+        return plan_pipeline(pipeline, observed, now, self.config)
+
+    def _apply_child(self, owner: Key, manifest: dict[str, Any]) -> None:
+        """ApplyResource: create the child resource, or bring its spec to the manifest's."""
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        key = (kind, owner[1], name)
+        new = api.KINDS[kind].model_validate({**manifest, "metadata": {**manifest["metadata"], "namespace": owner[1]}})
+        old = self.resources.get(key)
+        if old is not None and self.owners.get(key) != owner:
+            if key not in self._conflicts:
+                self._conflicts.add(key)
+                self.reporter.problems([f"{key_str(owner)}: {key_str(key)} exists and is not its child: rename or delete it"])
+            return
+        if old is None:
+            meta = new.metadata.model_copy(update={"uid": str(uuid.uuid4()), "generation": 1})
+            self.resources[key] = new.model_copy(update={"metadata": meta, "status": None})
+            self.owners[key] = owner
+            self._wake.set()
+        elif old.spec.to_wire() != new.spec.to_wire():
+            meta = old.metadata.model_copy(update={"generation": (old.metadata.generation or 1) + 1})
+            self.resources[key] = new.model_copy(update={"metadata": meta, "status": None})
+            self._wake.set()
+
+    def _delete_child(self, owner: Key, kind: str, name: str) -> None:
+        key = (kind, owner[1], name)
+        if self.owners.get(key) == owner:
+            self._delete_resource(key)
+            self._wake.set()
+
     async def _carry_out(self, key: Key, plan: Plan) -> None:
         for action in plan.actions:
             if isinstance(action, CreatePod):
@@ -369,6 +433,10 @@ class LocalRuntime:
                 self._apply_deployment(key, action.manifest)
             elif isinstance(action, ApplyService):
                 await self._apply_service(key)
+            elif isinstance(action, ApplyResource):
+                self._apply_child(key, action.manifest)
+            elif isinstance(action, DeleteResource):
+                self._delete_child(key, action.kind, action.name)
             elif isinstance(action, RecordEvent):
                 self.reporter.event(Event(time.time(), key, action.type, action.reason, action.message))
         if plan.status is not None:
@@ -479,8 +547,9 @@ class LocalRuntime:
         for key in sorted(self.resources):
             status = self.statuses.get(key)
             wire = status.model_dump(mode="json", by_alias=True, exclude_none=True) if status is not None else {}
-            if key[0] == "ModelServer":
-                url = self.local_url(key)
+            if key[0] in ("ModelServer", "ModelPipeline"):
+                # A pipeline's URL is its ModelServer's: the one named like it.
+                url = self.local_url(("ModelServer", key[1], key[2]) if key[0] == "ModelPipeline" else key)
                 if url is not None and wire:
                     wire["url"] = url
                 else:

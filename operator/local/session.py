@@ -6,13 +6,16 @@ exit codes, and apart from the CLI so argument parsing stays import-free.
 When it ends:
 - Ctrl-C / SIGTERM / SIGHUP: stop every child (SIGTERM to each process group, SIGKILL after
   the grace period, at once on a second Ctrl-C), write the final status, exit 130 / 143 / 129.
-- ``--exit-after-ready`` / ``--predict``: once every TrainingJob is finished and every
-  ModelServer is settled (Ready, RolledBack or Failed), check that each Ready server answers
-  (V2 model-ready, then the --predict request) and exit 0 only if every job succeeded and
-  every server is Ready and answered.
+- ``--exit-after-ready`` / ``--predict``: once every TrainingJob is finished, every
+  ModelServer is settled (Ready, RolledBack or Failed) and every ModelPipeline is settled
+  (Serving, Failed, or Pending with no run left to wait for), check that each Ready server
+  answers (V2 model-ready, then the --predict request) and exit 0 only if every job of no
+  pipeline succeeded, every server is Ready and answered and every pipeline is Serving. (A
+  pipeline's own runs may fail: restarting them is the pipeline's job.)
 - Otherwise it keeps running, like resources applied to a cluster, except when nothing can
-  make progress any more: every TrainingJob finished and no ModelServer can serve (there is
-  none, or each failed or waits on a job that failed). Then it exits with the summary.
+  make progress any more: every TrainingJob finished, no ModelServer can serve (there is
+  none, or each failed or waits on a job that failed) and every pipeline failed with nothing
+  served. Then it exits with the summary.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from mlvisor.operator.local.view import TerminalView
 
 TERMINAL_JOB_PHASES = ("Succeeded", "Failed")
 SETTLED_SERVER_PHASES = ("Ready", "RolledBack", "Failed")
+SETTLED_PIPELINE_PHASES = ("Serving", "Failed")
 #: Ctrl-C, kill, a closed terminal: each stops every child; exit code 128 + signal number.
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -74,7 +78,9 @@ def _condition_message(status: dict[str, Any], phase: str) -> str:
 
 
 class Session:
-    def __init__(self, options: SessionOptions, resources: list[api.TrainingJob | api.ModelServer]) -> None:
+    def __init__(
+        self, options: SessionOptions, resources: list[api.TrainingJob | api.ModelServer | api.ModelPipeline]
+    ) -> None:
         self.options = options
         self.resources = resources
         self.view = TerminalView(options.table, options.status_file, options.pid_file)
@@ -146,11 +152,22 @@ class Session:
             kind, ns, name = key.split("/", 2)
             phase = status.get("phase", "Pending")
             line = f"{kind} {ns}/{name}: {phase}"
+            owned = tuple(key.split("/", 2)) in self.runtime.owners
             if kind == "TrainingJob":
                 model = status.get("model") or {}
                 if model.get("metrics"):
                     line += " (" + ", ".join(f"{k}={v:.3f}" for k, v in sorted(model["metrics"].items())) + ")"
-                if phase != "Succeeded":
+                if phase != "Succeeded" and not owned:
+                    ok = False
+            elif kind == "ModelPipeline":
+                if status.get("servingRun"):
+                    line += f", serving {status['servingRun']} (version {status.get('servingVersion')}"
+                    if status.get("servingScore") is not None:
+                        line += f", score {status['servingScore']:.3f}"
+                    line += ")"
+                if status.get("url"):
+                    line += f" at {status['url']}"
+                if phase != "Serving":
                     ok = False
             else:
                 if status.get("url"):
@@ -166,16 +183,35 @@ class Session:
     def _phases(self) -> tuple[dict[str, str], dict[str, str]]:
         jobs, servers = {}, {}
         for key in self.runtime.resources:
+            if key[0] not in ("TrainingJob", "ModelServer"):
+                continue
             name = "/".join(key)
             phase = (self.view.doc.get(name) or {}).get("phase", "Pending")
             (jobs if key[0] == "TrainingJob" else servers)[name] = phase
         return jobs, servers
+
+    def _pipelines(self) -> dict[str, dict[str, Any]]:
+        return {"/".join(k): self.view.doc.get("/".join(k)) or {} for k in self.runtime.resources if k[0] == "ModelPipeline"}
+
+    def _pipelines_settled(self) -> bool:
+        for status in self._pipelines().values():
+            phase = status.get("phase", "Pending")
+            waiting = phase == "Pending" and status.get("runs") and not any(
+                r.get("phase") in ("Pending", "Running") for r in status["runs"]
+            ) and not (status.get("supervision") or {}).get("pending")
+            if phase not in SETTLED_PIPELINE_PHASES and not waiting:
+                return False
+        return True
 
     def _stuck(self) -> bool:
         """Nothing can progress: every job finished and no server can ever serve."""
         jobs, servers = self._phases()
         if any(p not in TERMINAL_JOB_PHASES for p in jobs.values()):
             return False
+        for status in self._pipelines().values():
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+            if status.get("phase") != "Failed" or ready:
+                return False
         for key, phase in servers.items():
             if phase == "Failed":
                 continue
@@ -202,7 +238,7 @@ class Session:
                 return 1, [*lines, f"timed out after {self.options.timeout:g}s before every resource was ready"]
             jobs, servers = self._phases()
             jobs_done = all(p in TERMINAL_JOB_PHASES for p in jobs.values())
-            if self.options.exit_after_ready and jobs_done and (
+            if self.options.exit_after_ready and jobs_done and self._pipelines_settled() and (
                 all(p in SETTLED_SERVER_PHASES for p in servers.values()) or self._stuck()
             ):
                 return await self._check_servers()

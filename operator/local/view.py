@@ -43,16 +43,50 @@ def _worker_line(w: dict[str, Any]) -> str:
     return text + ")"
 
 
-def table_lines(doc: dict[str, Any]) -> list[str]:
-    """The table for a status document: one row per resource, worker progress under jobs."""
+def _pipeline_row(name: str, status: dict[str, Any]) -> tuple[str, ...]:
+    phase = status.get("phase", "Pending")
+    if phase == "Serving" and any(c.get("type") == "Training" and c.get("status") == "True"
+                                  for c in status.get("conditions") or []):
+        phase = "Serving+Training"
+    runs = f"run {status['lastRun']}" if status.get("lastRun") else "-"
+    version = status.get("servingVersion") or "-"
+    if status.get("servingScore") is not None:
+        version += f" ({status['servingScore']:.3f})"
+    return (f"mp/{name}", phase, runs, _restarts(status), version, status.get("url", "-"))
+
+
+def _tree_order(doc: dict[str, Any], owners: dict[str, str]) -> list[tuple[str, int]]:
+    """(key, depth): resources of no pipeline first (TrainingJobs, then ModelServers), then each
+    pipeline with its children under it (its runs, then its ModelServer)."""
+    rank = {"TrainingJob": 0, "ModelServer": 1, "ModelPipeline": 2}
+
+    def order(key: str) -> tuple[int, str]:
+        return rank.get(key.split("/", 1)[0], 9), key
+
+    out: list[tuple[str, int]] = []
+    for key in sorted((k for k in doc if k not in owners), key=order):
+        out.append((key, 0))
+        out.extend((child, 1) for child in sorted((c for c, o in owners.items() if o == key and c in doc), key=order))
+    return out
+
+
+def table_lines(doc: dict[str, Any], owners: dict[str, str] | None = None) -> list[str]:
+    """The table for a status document: one row per resource, worker progress under jobs.
+
+    ``owners`` maps a child's key to its pipeline's ("TrainingJob/ns/iris-1" -> "ModelPipeline/ns/iris"):
+    children are shown under their pipeline, indented, the tree as it is supervised.
+    """
     header = ("RESOURCE", "PHASE", "WORKERS/READY", "RESTARTS", "SCORE/MODEL", "URL")
     rows: list[tuple[str, ...]] = []
     details: dict[int, list[str]] = {}
-    # TrainingJobs first: they are what the servers wait for.
-    for key, status in sorted(doc.items(), key=lambda kv: (not kv[0].startswith("TrainingJob/"), kv[0])):
+    for key, depth in _tree_order(doc, owners or {}):
+        status = doc[key]
         kind, _ns, name = key.split("/", 2)
-        if kind == "TrainingJob":
-            short = f"tj/{name}"
+        indent = "  " * depth
+        if kind == "ModelPipeline":
+            rows.append(_pipeline_row(name, status))
+        elif kind == "TrainingJob":
+            short = f"{indent}tj/{name}"
             workers = status.get("workersSummary") or "-"
             rows.append((short, status.get("phase", "Pending"), workers, _restarts(status), _score(status), "-"))
             lines = [_worker_line(w) for w in status.get("workers") or []]
@@ -61,7 +95,7 @@ def table_lines(doc: dict[str, Any]) -> list[str]:
             if status.get("phase") not in ("Succeeded", "Failed") and lines:
                 details[len(rows) - 1] = lines
         else:
-            short = f"ms/{name}"
+            short = f"{indent}ms/{name}"
             ready = f"{status.get('readyReplicas', 0)}/{status.get('replicas', 0)}"
             version = status.get("modelVersion") or "-"
             rows.append((short, status.get("phase", "Pending"), ready, _restarts(status), version, status.get("url", "-")))
@@ -155,7 +189,8 @@ class TerminalView(Reporter):
                     self._announced[key] = announce
                     name = key.split("/", 2)[2]
                     self.say(f"{name} ready at {url} (model version {status.get('modelVersion')})")
-        lines = table_lines(doc)
+        owners = {"/".join(child): "/".join(owner) for child, owner in runtime.owners.items()}
+        lines = table_lines(doc, owners)
         if lines != self._last_table:
             self._draw(lines)
             self._last_table = lines

@@ -123,11 +123,11 @@ def invalid_spec_status(
     message: str,
     now: float,
     *,
-    previous: api.TrainingJobStatus | api.ModelServerStatus | None = None,
-) -> api.TrainingJobStatus | api.ModelServerStatus:
+    previous: api.TrainingJobStatus | api.ModelServerStatus | api.ModelPipelineStatus | None = None,
+) -> api.TrainingJobStatus | api.ModelServerStatus | api.ModelPipelineStatus:
     """The status of a resource whose spec is invalid: phase Failed, reason InvalidSpec.
 
-    ``kind`` is "TrainingJob" or "ModelServer"; ``message`` should name the field and say
+    ``kind`` is "TrainingJob", "ModelServer" or "ModelPipeline"; ``message`` should name the field and say
     what to change. Pass the current status as ``previous`` (when it parses) to keep its
     other fields and the transition times of conditions that do not flip.
     """
@@ -155,7 +155,14 @@ def invalid_spec_status(
                 "conditions": conditions,
             }
         )
-    raise ValueError(f"unknown kind {kind!r}: expected TrainingJob or ModelServer")
+    if kind == "ModelPipeline":
+        mp = previous if isinstance(previous, api.ModelPipelineStatus) else api.ModelPipelineStatus()
+        conditions = set_condition(mp.conditions, "Failed", "True", "InvalidSpec", message, now, generation)
+        conditions = set_false_if_present(conditions, "Training", "InvalidSpec", message, now, generation)
+        return mp.model_copy(
+            update={"observed_generation": generation, "phase": api.PipelinePhase.FAILED, "conditions": conditions}
+        )
+    raise ValueError(f"unknown kind {kind!r}: expected TrainingJob, ModelServer or ModelPipeline")
 
 
 class ConditionWriter:

@@ -23,6 +23,11 @@ LABEL_ATTEMPT = "mlvisor.dev/attempt"
 MANAGED_BY = "mlvisor"
 ANNOTATION_MODEL_URI = "mlvisor.dev/model-uri"
 ANNOTATION_MODEL_VERSION = "mlvisor.dev/model-version"
+#: On a pipeline's children: the ModelPipeline, and (TrainingJobs) the run number.
+LABEL_PIPELINE = "mlvisor.dev/pipeline"
+LABEL_RUN = "mlvisor.dev/run"
+#: On a pipeline's TrainingJobs: the fingerprint of spec.training the run was started from.
+ANNOTATION_TRAINING_SPEC_HASH = "mlvisor.dev/training-spec-hash"
 
 #: Worker index of the select-and-refit step of a search.
 SELECT_INDEX = -1
@@ -97,6 +102,24 @@ class ObservedDeployment:
 
 
 @dataclass(frozen=True)
+class ObservedResource:
+    """A child custom resource of a ModelPipeline (a run's TrainingJob, the ModelServer) as the shell sees it."""
+
+    kind: str
+    """TrainingJob or ModelServer."""
+    name: str
+    uid: str = ""
+    run: int | None = None
+    """TrainingJobs: the run number (label mlvisor.dev/run)."""
+    spec_hash: str | None = None
+    """TrainingJobs: annotation mlvisor.dev/training-spec-hash."""
+    status: BaseModel | None = None
+    """Its parsed status (api.TrainingJobStatus or api.ModelServerStatus); None before the first one."""
+    deleting: bool = False
+    """metadata.deletionTimestamp is set."""
+
+
+@dataclass(frozen=True)
 class ModelRef:
     """A model a ModelServer can serve: an artifact URI and its version."""
 
@@ -134,7 +157,23 @@ class RecordEvent:
     message: str
 
 
-Action = CreatePod | DeletePod | ApplyDeployment | ApplyService | RecordEvent
+@dataclass(frozen=True)
+class ApplyResource:
+    """Create a child custom resource (TrainingJob, ModelServer), or merge-patch it to this manifest."""
+
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeleteResource:
+    """Delete a child custom resource (its own children go with it)."""
+
+    kind: str
+    name: str
+    reason: str
+
+
+Action = CreatePod | DeletePod | ApplyDeployment | ApplyService | RecordEvent | ApplyResource | DeleteResource
 
 
 @dataclass(frozen=True)
@@ -143,6 +182,6 @@ class Plan:
 
     actions: tuple[Action, ...] = ()
     status: BaseModel | None = None
-    """The whole new status (api.TrainingJobStatus or api.ModelServerStatus); None: unchanged."""
+    """The whole new status (api.TrainingJobStatus, api.ModelServerStatus or api.ModelPipelineStatus); None: unchanged."""
     requeue_after: float | None = None
     """Seconds after which the shell must call the planner again even if nothing happens."""

@@ -25,7 +25,9 @@ import pytest
 from integration import emulator as emu
 from integration.world import World, urllib_transport
 
-CRDS = emu.crd_resources("mlvisor.dev", "v1alpha1", {"TrainingJob": "trainingjobs", "ModelServer": "modelservers"})
+CRDS = emu.crd_resources(
+    "mlvisor.dev", "v1alpha1", {"TrainingJob": "trainingjobs", "ModelServer": "modelservers", "ModelPipeline": "modelpipelines"}
+)
 
 
 def _free_ports(n: int) -> list[int]:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 GROUP, VERSION = "mlvisor.dev", "v1alpha1"
-PLURALS = {"TrainingJob": "trainingjobs", "ModelServer": "modelservers"}
+PLURALS = {"TrainingJob": "trainingjobs", "ModelServer": "modelservers", "ModelPipeline": "modelpipelines"}
 MERGE = "application/merge-patch+json"
 
 T = TypeVar("T")

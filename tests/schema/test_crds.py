@@ -92,6 +92,10 @@ def test_samples_cover_what_users_copy():
     assert ("TrainingJob", "iris") in kinds and ("ModelServer", "iris") in kinds
     search = [d for d in _docs() if d["kind"] == "TrainingJob" and d["spec"].get("search")]
     assert search and search[0]["spec"]["workers"] == 2
+    (pipeline,) = [d for d in _docs() if d["kind"] == "ModelPipeline"]
+    spec = pipeline["spec"]
+    assert {"training", "serving", "promotion", "schedule", "supervision"} <= spec.keys()
+    assert spec["supervision"]["strategy"] == "RestForOne"
 
 
 @pytest.mark.parametrize("doc", _docs(), ids=lambda d: f"{d['kind']}-{d['metadata']['name']}")
@@ -106,6 +110,10 @@ def _job() -> dict[str, Any]:
 
 def _server() -> dict[str, Any]:
     return copy.deepcopy(next(d for d in _docs() if d["kind"] == "ModelServer"))
+
+
+def _pipeline() -> dict[str, Any]:
+    return copy.deepcopy(next(d for d in _docs() if d["kind"] == "ModelPipeline"))
 
 
 def _set(doc, dotted, value):
@@ -140,12 +148,22 @@ INVALID = [
     ("server", "spec.modelName", "has space", "modelName"),
     ("server", "spec.supervision.onExhausted", "Retry", "onExhausted"),
     ("server", "spec.batching.maxBatchSize", 0, "maxBatchSize"),
+    ("pipeline", "spec.schedule", "every night", "schedule"),
+    ("pipeline", "spec.schedule", "0 3 * * * *", "schedule"),
+    ("pipeline", "spec.supervision.strategy", "OneForSome", "strategy"),
+    ("pipeline", "spec.supervision.backoff", {"initialSeconds": 10, "maxSeconds": 5}, "backoff"),
+    ("pipeline", "spec.promotion.minScore", "high", "minScore"),
+    ("pipeline", "spec.promotion.mustImprove", "maybe", "mustImprove"),
+    ("pipeline", "spec.runHistoryLimit", 0, "runHistoryLimit"),
+    ("pipeline", "spec.training", _DELETE, "training"),
+    ("pipeline", "spec.training.workers", 3, "workers"),
+    ("pipeline", "spec.serving.replicas", -1, "replicas"),
 ]
 
 
 @pytest.mark.parametrize(("base", "field", "value", "named"), INVALID, ids=[f"{b}:{f}" for b, f, _, _ in INVALID])
 def test_invalid_resources_are_rejected_by_the_crd_and_by_mlvisor_validate(base, field, value, named, tmp_path):
-    doc = _job() if base == "job" else _server()
+    doc = {"job": _job, "server": _server, "pipeline": _pipeline}[base]()
     _set(doc, field, value)
     crd_errors = validate(doc["kind"], doc)
     assert crd_errors, "the CRD schema accepted an invalid resource"
@@ -173,6 +191,38 @@ def test_training_fields_are_immutable_but_suspend_is_not():
     resumed["spec"]["suspend"] = True
     resumed["spec"]["supervision"]["maxRestarts"] = 7
     assert validate("TrainingJob", resumed, old=old) == []
+
+
+def test_a_pipeline_refuses_a_serving_model_by_name():
+    """The pipeline sets the model; a ModelServer spec pasted whole gets told so, not just "unknown field"."""
+    doc = _pipeline()
+    doc["spec"]["serving"]["model"] = {"uri": "pvc://mlvisor-models/default/iris/v1/"}
+    spec_schema = openapi_schema("ModelPipeline")["properties"]["spec"]
+    assert pruned_paths(spec_schema, doc["spec"], ".spec") == [".spec.serving.model"]  # the API server drops it
+    with pytest.raises(ResourceError) as e:
+        parse_resource(doc)
+    assert any("spec.serving.model must not be set" in line for line in e.value.problems), e.value.problems
+
+
+def test_pipeline_training_fields_are_not_immutable_a_change_is_a_new_run():
+    old = _pipeline()
+    new = copy.deepcopy(old)
+    new["spec"]["training"]["estimator"]["params"]["n_estimators"] = 5
+    new["spec"]["training"]["dataset"] = {"builtin": "wine"}
+    assert validate("ModelPipeline", new, old=old) == []
+    rules = [r["rule"] for p, n in _walk(openapi_schema("ModelPipeline")) for r in n.get("x-kubernetes-validations", [])]
+    assert rules and not any("oldSelf" in r for r in rules)
+    assert any("has(self.search) || self.workers == 1" == r for r in rules), "the non-transition rules are kept"
+
+
+def test_pipeline_printer_columns():
+    columns = {c["name"]: c["jsonPath"] for c in crdgen.crd("ModelPipeline")["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert columns["Phase"] == ".status.phase"
+    assert columns["Serving-Version"] == ".status.servingVersion"
+    assert columns["Score"] == ".status.servingScore"
+    assert columns["Restarts"] == ".status.supervision.totalRestarts"
+    assert columns["Age"] == ".metadata.creationTimestamp"
+    assert crdgen.crd("ModelPipeline")["spec"]["names"]["shortNames"] == ["mp"]
 
 
 def test_default_status_and_model_status_survive_pruning():

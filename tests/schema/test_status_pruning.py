@@ -4,7 +4,8 @@ A real API server silently drops status fields its CRD schema does not declare (
 best-known pitfall; the emulator keeps everything, so the integration tier cannot see it).
 These tests drive the planners through the lives the integration scenarios exercise (start,
 restart after back-off, escalation, success with artifact metadata, search with a select
-step, suspend, deadline, invalid spec; a server loading, ready, rolled back, failed), take
+step, suspend, deadline, invalid spec; a server loading, ready, rolled back, failed; a pipeline
+restarting a run, promoting, refusing a worse run, escalating), take
 every status they produce exactly as the Kubernetes shell writes it (``to_wire()``, then the
 merge patch the adapter computes, applied), and check that no field path is undeclared in
 the generated CRD and that the object still validates against it.
@@ -21,7 +22,15 @@ from crd_validator import openapi_schema, pruned_paths, validate
 from mlvisor.operator import api
 from mlvisor.operator.kube.adapter import merge_patch
 from mlvisor.operator.reconcile import conditions
-from mlvisor.operator.reconcile.plan import ModelRef, ObservedDeployment, ObservedPod, OperatorConfig, Plan
+from mlvisor.operator.reconcile.pipeline import plan_pipeline
+from mlvisor.operator.reconcile.plan import (
+    ModelRef,
+    ObservedDeployment,
+    ObservedPod,
+    ObservedResource,
+    OperatorConfig,
+    Plan,
+)
 from mlvisor.operator.reconcile.serving import plan_serving
 from mlvisor.operator.reconcile.training import plan_training
 
@@ -150,29 +159,74 @@ def serving_lives() -> list[Life]:
     return lives
 
 
+def pipeline_lives() -> list[Life]:
+    """A pipeline through restart, promotion, a refused run, a serving failure and escalation."""
+    spec = {
+        "training": _training_spec(),
+        "promotion": {"minScore": 0.5, "mustImprove": True},
+        "schedule": "0 3 * * *",
+        "supervision": {"maxRestarts": 1, "periodSeconds": 3600, "backoff": {"initialSeconds": 5, "factor": 2, "maxSeconds": 60}},
+    }
+    life = Life("ModelPipeline", spec)
+    cond = lambda t, s, r: api.Condition(type=t, status=s, reason=r, message=f"{t} {r}", last_transition_time=conditions.from_timestamp(T0))  # noqa: E731
+
+    def job(n: int, phase: str, score: float | None = None) -> ObservedResource:
+        model = api.ModelInfo(uri=f"pvc://mlvisor-models/default/iris-{n}/v{n}/", version=f"v{n}", score=score) if phase == "Succeeded" else None
+        failed = [cond("Failed", "True", "FailurePolicy")] if phase == "Failed" else []
+        last = api.FailureRecord(pod=f"iris-{n}-worker-0-1", exit_code=2, time=conditions.from_timestamp(T0)) if phase == "Failed" else None
+        status = api.TrainingJobStatus(phase=phase, model=model, conditions=failed, supervision=api.SupervisionStatus(last_failure=last))
+        return ObservedResource("TrainingJob", f"iris-{n}", uid=f"uid-{n}", run=n, status=status)
+
+    def server(phase: str, version: str, ready: bool) -> ObservedResource:
+        conds = [cond("Ready", "True" if ready else "False", "AllReplicasReady" if ready else "NoReplicasReady")]
+        if phase == "Failed":
+            conds.append(cond("Failed", "True", "RestartIntensityExceeded"))
+        status = api.ModelServerStatus(phase=phase, model_uri=f"pvc://mlvisor-models/default/iris-2/{version}/",
+                                       model_version=version, url="http://iris.default.svc:80/v2/models/iris", conditions=conds)
+        return ObservedResource("ModelServer", "iris", uid="uid-ms", status=status)
+
+    life.write(plan_pipeline(life.model(), [], T0, CONFIG))
+    life.write(plan_pipeline(life.model(), [job(1, "Failed")], T0 + 1, CONFIG))
+    life.write(plan_pipeline(life.model(), [job(1, "Failed")], T0 + 6, CONFIG))
+    life.write(plan_pipeline(life.model(), [job(1, "Failed"), job(2, "Succeeded", 0.9)], T0 + 7, CONFIG))
+    life.write(plan_pipeline(life.model(), [job(1, "Failed"), job(2, "Succeeded", 0.9), server("Ready", "v2", True)], T0 + 8, CONFIG))
+    life.body["spec"]["training"]["estimator"]["params"]["n_estimators"] = 5
+    life.body["metadata"]["generation"] = 2
+    life.write(plan_pipeline(life.model(), [job(1, "Failed"), job(2, "Succeeded", 0.9), server("Ready", "v2", True)], T0 + 9, CONFIG))
+    kids = [job(1, "Failed"), job(2, "Succeeded", 0.9), job(3, "Succeeded", 0.4), server("Ready", "v2", True)]
+    life.write(plan_pipeline(life.model(), kids, T0 + 10, CONFIG))
+    kids[-1] = server("Failed", "v2", False)
+    life.write(plan_pipeline(life.model(), kids, T0 + 11, CONFIG))
+    assert life.body["status"]["phase"] == "Failed", life.body["status"]
+    invalid = Life("ModelPipeline", spec)
+    invalid.write(Plan(status=conditions.invalid_spec_status("ModelPipeline", 1, "invalid ModelPipeline: spec.schedule: bad", T0)))
+    return [life, invalid]
+
+
 def _bodies(lives: list[Life]) -> list[tuple[str, int, dict[str, Any]]]:
     return [(life.kind, i, body) for life in lives for i, body in enumerate(life.written)]
 
 
 TRAINING = _bodies(training_lives())
 SERVING = _bodies(serving_lives())
+PIPELINE = _bodies(pipeline_lives())
 
 
 def test_the_lives_cover_the_interesting_phases() -> None:
-    phases = {(kind, body["status"]["phase"]) for kind, _, body in TRAINING + SERVING}
+    phases = {(kind, body["status"]["phase"]) for kind, _, body in TRAINING + SERVING + PIPELINE}
     for expected in [("TrainingJob", p) for p in ("Running", "Restarting", "Succeeded", "Failed", "Suspended")] + [
         ("ModelServer", p) for p in ("Pending", "Loading", "Ready", "RolledBack", "Failed")
-    ]:
+    ] + [("ModelPipeline", p) for p in ("Training", "Restarting", "Deploying", "Serving", "Failed")]:
         assert expected in phases, f"no {expected} status produced: {sorted(phases)}"
 
 
-@pytest.mark.parametrize(("kind", "step", "body"), TRAINING + SERVING, ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(("kind", "step", "body"), TRAINING + SERVING + PIPELINE, ids=lambda v: v if isinstance(v, str) else None)
 def test_no_status_field_would_be_pruned(kind: str, step: int, body: dict[str, Any]) -> None:
     status_schema = openapi_schema(kind)["properties"]["status"]
     assert pruned_paths(status_schema, body["status"], ".status") == []
 
 
-@pytest.mark.parametrize(("kind", "step", "body"), TRAINING + SERVING, ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(("kind", "step", "body"), TRAINING + SERVING + PIPELINE, ids=lambda v: v if isinstance(v, str) else None)
 def test_the_written_status_validates_against_the_crd(kind: str, step: int, body: dict[str, Any]) -> None:
     assert validate(kind, body) == []
 

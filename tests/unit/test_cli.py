@@ -25,12 +25,12 @@ def test_version():
     assert r.stdout.strip() == f"mlvisor {_dist_version('mlvisor')}"
 
 
-def test_crds_prints_both_crds_and_writes_files(tmp_path, capsys):
+def test_crds_prints_every_crd_and_writes_files(tmp_path, capsys):
     assert main(["crds"]) == 0
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
-    assert sorted(d["spec"]["names"]["kind"] for d in docs) == ["ModelServer", "TrainingJob"]
+    assert sorted(d["spec"]["names"]["kind"] for d in docs) == ["ModelPipeline", "ModelServer", "TrainingJob"]
     assert main(["crds", "--output", str(tmp_path)]) == 0
-    for kind in ("TrainingJob", "ModelServer"):
+    for kind in ("TrainingJob", "ModelServer", "ModelPipeline"):
         assert (tmp_path / crdgen.crd_filename(kind)).read_text() == crdgen.render(kind)
 
 

@@ -184,3 +184,79 @@ async def test_events_are_posted_after_the_status_so_a_conflict_does_not_post_th
         await adapter.apply(_job_body(), plan)
         kinds = [(w, path.rsplit("/", 1)[-1]) for w, path in kube.writes]
         assert kinds == [("create", "pods"), ("patch", "status"), ("create", "events")]
+
+
+# ------------------------------------------------------------------ a pipeline's children
+
+
+def test_a_pipeline_child_is_observed_with_its_run_and_status():
+    from mlvisor.operator.kube.observe import observe_child
+
+    job = {
+        "kind": "TrainingJob",
+        "metadata": {"name": "iris-3", "uid": "u3", "labels": {"mlvisor.dev/run": "3"},
+                     "annotations": {"mlvisor.dev/training-spec-hash": "abc"}},
+        "status": {"phase": "Failed", "conditions": [{"type": "Failed", "status": "True", "reason": "FailurePolicy",
+                                                      "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+    }
+    seen = observe_child(job, api.TrainingJobStatus)
+    assert (seen.kind, seen.name, seen.uid, seen.run, seen.spec_hash) == ("TrainingJob", "iris-3", "u3", 3, "abc")
+    assert seen.status.phase == api.TrainingPhase.FAILED and not seen.deleting
+    unreadable = observe_child({**job, "status": {"phase": "Exploded"}}, api.TrainingJobStatus)
+    assert unreadable.status is None, "a status of another version reads as not reported yet"
+    server = observe_child({"kind": "ModelServer", "metadata": {"name": "iris", "deletionTimestamp": "x"}}, api.ModelServerStatus)
+    assert server.run is None and server.status is None and server.deleting
+
+
+class _ChildKube(_RecordingKube):
+    def __init__(self, live):
+        super().__init__(None)
+        self.live = live
+
+    async def get(self, path):
+        if self.live is None:
+            raise ApiError(404, "NotFound")
+        return self.live
+
+    async def delete(self, path, body=None):
+        if self.live is None:
+            raise ApiError(404, "NotFound")
+        return await super().delete(path, body)
+
+
+def _pipeline_body():
+    return {"apiVersion": "mlvisor.dev/v1alpha1", "kind": "ModelPipeline",
+            "metadata": {"name": "iris", "namespace": "default", "uid": "p1", "resourceVersion": "1"}, "spec": {}}
+
+
+def _child(owner_uid=None, replicas=1):
+    meta = {"name": "iris", "namespace": "default"}
+    if owner_uid:
+        meta["ownerReferences"] = [{"kind": "ModelPipeline", "name": "iris", "uid": owner_uid, "controller": True}]
+    return {"apiVersion": "mlvisor.dev/v1alpha1", "kind": "ModelServer", "metadata": meta, "spec": {"replicas": replicas}}
+
+
+async def test_a_pipeline_creates_patches_and_deletes_only_its_own_children():
+    from mlvisor.operator.reconcile.plan import ApplyResource, DeleteResource
+    from mlvisor.operator.kube.adapter import Applied
+
+    desired = _child("p1", replicas=2)
+    kube = _ChildKube(None)
+    await PlanApplier(kube).apply_action(_pipeline_body(), ApplyResource(desired), Applied())
+    assert kube.writes == [("create", "/apis/mlvisor.dev/v1alpha1/namespaces/default/modelservers")]
+
+    kube = _ChildKube(_child("p1", replicas=1))
+    await PlanApplier(kube).apply_action(_pipeline_body(), ApplyResource(desired), Applied())
+    assert kube.writes == [("patch", "/apis/mlvisor.dev/v1alpha1/namespaces/default/modelservers/iris")]
+
+    for foreign in (_child(None), _child("someone-else")):  # a user's ModelServer by that name is never taken over
+        kube = _ChildKube(foreign)
+        with pytest.raises(ApiError) as e:
+            await PlanApplier(kube).apply_action(_pipeline_body(), ApplyResource(desired), Applied())
+        assert e.value.status == 409 and kube.writes == []
+
+    kube = _ChildKube(None)  # already gone: done
+    await PlanApplier(kube).apply_action(_pipeline_body(), DeleteResource("ModelServer", "iris", "restart"), Applied())
+    kube = _ChildKube(_child("p1"))
+    await PlanApplier(kube).apply_action(_pipeline_body(), DeleteResource("TrainingJob", "iris-1", "trimmed"), Applied())
+    assert kube.writes == [("delete", "/apis/mlvisor.dev/v1alpha1/namespaces/default/trainingjobs/iris-1")]
