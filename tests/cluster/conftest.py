@@ -63,10 +63,12 @@ def _label_restricted(c: Cluster) -> None:
               "pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/warn=restricted")
 
 
-def _deploy(c: Cluster) -> None:
+def _deploy(c: Cluster, reused: bool) -> None:
     c.kubectl("apply", "-k", str(REPO / "manifests"))
+    if reused:  # a plane kept from an earlier session runs an operator started from older code
+        c.kubectl("-n", OPERATOR_NS, "rollout", "restart", "deployment/mlvisor-operator")
     c.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-              "crd/trainingjobs.mlvisor.dev", "crd/modelservers.mlvisor.dev")
+              "crd/trainingjobs.mlvisor.dev", "crd/modelservers.mlvisor.dev", "crd/modelpipelines.mlvisor.dev")
     _label_restricted(c)
     c.kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/mlvisor-operator", "--timeout=180s", timeout=200)
 
@@ -90,7 +92,7 @@ def cluster() -> Iterator[Cluster]:
                     "stop it (make controlplane-down) for the cluster tier, which needs the node")
     c = Cluster(kubeconfig=str(plane.kubeconfig), built=True, state_dir=plane.state_dir)
     try:
-        _deploy(c)
+        _deploy(c, reused=not started)
         yield c
     finally:
         if started and not os.environ.get("MLVISOR_KEEP_CONTROLPLANE"):
