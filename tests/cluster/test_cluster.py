@@ -116,7 +116,7 @@ def test_pod_security_restricted_is_enforced_where_the_samples_run(cluster: Clus
 def test_the_api_server_rejects_each_invalid_resource_naming_the_field(cluster: Cluster, base: str, field: str,
                                                                        value: Any, named: str, unique: str,
                                                                        tmp_path: Path) -> None:
-    doc = CASES._job() if base == "job" else CASES._server()
+    doc = {"job": CASES._job, "server": CASES._server, "pipeline": CASES._pipeline}[base]()
     CASES._set(doc, field, value)
     doc["metadata"] = {"name": unique, "namespace": NAMESPACE}
     # JSON, not YAML: kubectl reads YAML 1.1, where the case's `target: y` would be a boolean.

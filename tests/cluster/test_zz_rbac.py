@@ -46,4 +46,8 @@ def test_every_operator_call_was_authorized_and_the_cluster_role_grants_only_wha
         return  # a partial run (-k, one file) cannot tell which grants the whole tier uses
     checked_by_admission = {("mlvisor.dev", f"{r}/finalizers", "update")
                             for r in ("trainingjobs", "modelservers", "modelpipelines")}
-    assert unused <= checked_by_admission, f"granted but never used in the whole tier: {sorted(unused - checked_by_admission)}"
+    # The pipeline deletes its ModelServer only to restart it after it Failed (its own rollback
+    # exhausted); that path is driven in the emulator tier (tests/integration/test_pipeline.py).
+    rare_paths = {("mlvisor.dev", "modelservers", "delete")}
+    allowed = checked_by_admission | rare_paths
+    assert unused <= allowed, f"granted but never used in the whole tier: {sorted(unused - allowed)}"
