@@ -93,6 +93,13 @@ def test_a_pipeline_restarts_training_serves_gates_and_is_garbage_collected(clus
         "application/json")
     assert answer["outputs"][0]["data"] == [0]
 
+    # A run's TrainingJob edited by hand is put back as the pipeline declared it.
+    declared = kube.get("TrainingJob", f"{unique}-2")["spec"]["supervision"]["maxRestarts"]
+    cluster.kubectl("-n", NAMESPACE, "patch", f"tj/{unique}-2", "--type=merge", "-p",
+                    '{"spec":{"supervision":{"maxRestarts":9}}}')
+    eventually(lambda: kube.get("TrainingJob", f"{unique}-2")["spec"]["supervision"]["maxRestarts"] == declared, 60,
+               what="the pipeline putting its run's TrainingJob back")
+
     # A serving change is applied to the pipeline's ModelServer (merge-patched, not re-created).
     uid = server["metadata"]["uid"]
     cluster.kubectl("-n", NAMESPACE, "patch", f"mp/{unique}", "--type=merge", "-p",
