@@ -165,8 +165,14 @@ BAD_V2 = [
     (b'{"inputs": [{"name": "input-0", "shape": [4], "datatype": "FP64", "data": [1,2,3,4]}]}', "must have shape [N, 4]"),
     (b'{"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP64", "data": [1,2,3,4]}]}', "needs 8 values, data has 4"),
     (b'{"inputs": [{"name": "input-0", "shape": ["1", 4], "datatype": "FP64", "data": [1,2,3,4]}]}', "list of non-negative integers"),
-    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,"2",3,4]}]}', "only numbers; got str"),
-    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,null,3,4]}]}', "only numbers; got NoneType"),
+    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,"2",3,4]}]}', "value '2' at position 1 (row 0, feature 1) is a string, not a number"),
+    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,null,3,4]}]}', "value null at position 1 (row 0, feature 1) is null, not a number"),
+    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,"abc",1.4,0.2]}]}', "value 'abc' at position 1"),
+    (b'{"inputs": {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,2,3,4]}}', "'inputs' must be a list of tensors, got object"),
+    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "INT32", "data": [5.1,3,1,0]}]}', "value 5.1 at position 0 (row 0, feature 0) is not an integer"),
+    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "UINT8", "data": [5,300,1,0]}]}', "value 300 at position 1 (row 0, feature 1) is out of range; UINT8 takes integers in 0..255"),
+    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "UINT8", "data": [5,3,-1,0]}]}', "value -1 at position 2 (row 0, feature 2) is out of range"),
+    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5,3,1,true]}]}', "value true at position 3 (row 0, feature 3) is a boolean"),
     (b'{"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP64", "data": [[1,2,3,4],[1,2]]}]}', "ragged"),
     (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": "1,2,3,4"}]}', "must be a list of numbers"),
     (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,Infinity,3,4]}]}', "infinite value at row 0, feature 1"),
@@ -193,7 +199,9 @@ async def test_bad_v2_requests_are_400_with_message(served: Served, body: bytes,
         ({"rows": [[1, 2, 3, 4]]}, "missing required field 'instances'"),
         ({"instances": [[1, 2, 3]]}, "expected 4 features, got 3"),
         ({"instances": [1, 2, 3, 4]}, "list of rows"),
-        ({"instances": [["a", 2, 3, 4]]}, "only numbers"),
+        ({"instances": [["a", 2, 3, 4]]}, "value 'a' at position 0 (row 0, feature 0) is a string, not a number"),
+        ({"instances": [[1, 2, 3, True]]}, "value true at position 3 (row 0, feature 3) is a boolean"),
+        ({"instances": [[[1, 2], [3, 4]]]}, "expected 4 features, got 2"),
     ],
 )
 async def test_bad_v1_requests_are_400(served: Served, body: dict, message: str) -> None:
@@ -321,3 +329,29 @@ async def test_forest_fast_path_is_bit_identical(tmp_path: Path) -> None:
         assert np.array_equal(labels, model.predict(Xq))
         if proba is not None:
             assert np.array_equal(proba, model.predict_proba(Xq))
+
+
+@pytest.mark.parametrize("kind", ["gb_classifier", "gb_regressor", "forest_two_outputs"])
+async def test_models_the_forest_fast_path_does_not_fit_are_served_by_their_own_predict(tmp_path: Path, kind: str) -> None:
+    """GradientBoosting keeps estimators_ as a numpy array: a truth test on it made loading fail forever."""
+    from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor, RandomForestClassifier
+
+    from mlvisor.server.runtime import ModelRuntime
+
+    if kind == "gb_classifier":
+        path, model, X = build_artifact(tmp_path, GradientBoostingClassifier(n_estimators=10, random_state=0))
+    elif kind == "gb_regressor":
+        path, model, X = build_artifact(tmp_path, GradientBoostingRegressor(n_estimators=10, random_state=0), dataset="diabetes")
+    else:
+        path, model, X = build_artifact(tmp_path, RandomForestClassifier(n_estimators=5, random_state=0))
+        rt, _ = ModelRuntime.load(path)
+        assert rt._forest == "classifier"
+        model.n_outputs_ = 2  # what a multi-output forest reports: the fast path must step aside
+        rt.model = model
+        assert rt._forest_kind() is None
+    async for client, _app in _serve(path):
+        await _wait_ready(client)
+        rows = X[::9]
+        r = await client.post("/v2/models/iris/infer", json=v2(rows, ["predict"]))
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == model.predict(rows).tolist()
