@@ -331,27 +331,42 @@ async def test_forest_fast_path_is_bit_identical(tmp_path: Path) -> None:
             assert np.array_equal(proba, model.predict_proba(Xq))
 
 
-@pytest.mark.parametrize("kind", ["gb_classifier", "gb_regressor", "forest_two_outputs"])
+@pytest.mark.parametrize("kind", ["gb_classifier", "gb_regressor"])
 async def test_models_the_forest_fast_path_does_not_fit_are_served_by_their_own_predict(tmp_path: Path, kind: str) -> None:
     """GradientBoosting keeps estimators_ as a numpy array: a truth test on it made loading fail forever."""
-    from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor, RandomForestClassifier
-
-    from mlvisor.server.runtime import ModelRuntime
+    from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 
     if kind == "gb_classifier":
         path, model, X = build_artifact(tmp_path, GradientBoostingClassifier(n_estimators=10, random_state=0))
-    elif kind == "gb_regressor":
-        path, model, X = build_artifact(tmp_path, GradientBoostingRegressor(n_estimators=10, random_state=0), dataset="diabetes")
     else:
-        path, model, X = build_artifact(tmp_path, RandomForestClassifier(n_estimators=5, random_state=0))
-        rt, _ = ModelRuntime.load(path)
-        assert rt._forest == "classifier"
-        model.n_outputs_ = 2  # what a multi-output forest reports: the fast path must step aside
-        rt.model = model
-        assert rt._forest_kind() is None
+        path, model, X = build_artifact(tmp_path, GradientBoostingRegressor(n_estimators=10, random_state=0), dataset="diabetes")
     async for client, _app in _serve(path):
         await _wait_ready(client)
         rows = X[::9]
         r = await client.post("/v2/models/iris/infer", json=v2(rows, ["predict"]))
         assert r.status_code == 200, r.text
         assert r.json()["outputs"][0]["data"] == model.predict(rows).tolist()
+
+
+def test_a_fast_path_that_disagrees_or_fails_falls_back_to_the_models_predict(tmp_path: Path, monkeypatch) -> None:
+    from mlvisor.server.runtime import ModelRuntime
+
+    path, model, X = build_artifact(tmp_path)
+    rt, _ = ModelRuntime.load(path)
+    assert rt._forest == "classifier"
+
+    def wrong(self, x, want_labels, want_proba):
+        return np.zeros(len(x), dtype=int), np.zeros((len(x), 3))
+
+    monkeypatch.setattr(ModelRuntime, "_forest_predict", wrong)
+    rt2, _ = ModelRuntime.load(path)  # proven against predict at load: disagrees, so disabled
+    assert rt2._forest is None
+    assert rt2.predict(X[:5], True, False, True)[0].tolist() == model.predict(X[:5]).tolist()
+
+    def broken(self, x, want_labels, want_proba):
+        raise IndexError("a tree of an unexpected shape")
+
+    monkeypatch.setattr(ModelRuntime, "_forest_predict", broken)
+    rt._forest = "classifier"  # as if it had passed the proof: a later failure falls back, once and for all
+    assert rt.predict(X[:5], True, False, True)[0].tolist() == model.predict(X[:5]).tolist()
+    assert rt._forest is None
