@@ -26,6 +26,10 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 #: Exit code of the trainer for an invalid spec or invalid data: never worth retrying.
 EXIT_INVALID_SPEC = 2
+#: Exit code of the model server when its model can never be loaded (checksum, untrusted type,
+#: shape, warm-up error); the reason is its termination message. Never worth a restart either.
+#: Same value as mlvisor.server.loading.EXIT_MODEL_UNLOADABLE (the server cannot import this module).
+EXIT_MODEL_UNLOADABLE = 4
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -209,6 +213,8 @@ class FailureRecord(Model):
     """Container exit code, if it terminated."""
     reason: str | None = None
     """Termination reason (Error, OOMKilled, Evicted, ...)."""
+    message: str | None = Field(None, max_length=4096)
+    """What the process said about its end: the container's termination message (the trainer's or the server's reason), or the pod's status message."""
     action: FailureAction | None = None
     """How the failure policy classified it."""
     time: dt.datetime

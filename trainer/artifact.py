@@ -39,6 +39,14 @@ class ArtifactError(Exception):
     """The artifact is missing, incomplete, corrupted or contains untrusted types."""
 
 
+class ArtifactMissing(ArtifactError):
+    """The version directory or its metadata.json is not there (yet): a volume may still be mounting.
+
+    Every other ArtifactError is final: a version appears complete by one atomic rename, so a
+    version that is there but does not load never will.
+    """
+
+
 class TensorSpec(BaseModel):
     """V2 tensor metadata: name, datatype, shape (-1 for the batch dimension)."""
 
@@ -155,9 +163,9 @@ def read_metadata(path: Path) -> ArtifactMetadata:
     path = Path(path)
     meta_path = path / METADATA_FILE
     if not path.is_dir():
-        raise ArtifactError(f"artifact directory {path} does not exist")
+        raise ArtifactMissing(f"artifact directory {path} does not exist")
     if not meta_path.is_file():
-        raise ArtifactError(f"{meta_path} is missing: {path} is not a complete artifact")
+        raise ArtifactMissing(f"{meta_path} is missing: {path} is not a complete artifact")
     try:
         raw = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -131,6 +131,7 @@ class WorkerRun:
             exit_code=None if t is None else t.exit_code,
             reason=None if t is None else t.reason,
             deleting=self.deleting,
+            message=None if t is None or t.exit_code == 0 else t.message,
         )
 
 

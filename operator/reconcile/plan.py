@@ -82,6 +82,8 @@ class ObservedPod:
     """metadata.deletionTimestamp is set."""
     model_uri: str | None = None
     """Server pods: the model they were created for (pod annotation mlvisor.dev/model-uri)."""
+    message: str | None = None
+    """Termination message of that last terminated run (why the process said it ended)."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,10 @@ Decisions this module makes (the docs were silent):
 - **Classification.** ModelServers have no failurePolicy field; infrastructure disruptions
   (Evicted, Preempted, NodeLost, NodeShutdown, Terminated, condition DisruptionTarget) are
   restarts that are not counted, exactly as TrainingJob's default policy, and every other
-  exit counts. No exit code means "do not retry" for a server.
+  exit counts, except exit code 4 (``api.EXIT_MODEL_UNLOADABLE``): the server found that its
+  model can never load (checksum, untrusted type, shape, warm-up error) and said why in its
+  termination message, so the supervisor escalates at once (rollback or Failed) instead of
+  counting restarts that cannot help.
 - **Phases.** Loading while the served version has never had every replica ready; Ready
   when it has; Degraded when a version that was Ready has fewer ready replicas than asked
   for; RolledBack while the model source still points at the rejected version; Failed is
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mlvisor.operator import api
 from mlvisor.operator.builders import (
@@ -64,6 +67,7 @@ from mlvisor.operator.supervision import (
     SupervisorState,
     Verdict,
     describe_failure,
+    quote_message,
     restarts_in_window,
     supervise_exit,
 )
@@ -75,9 +79,11 @@ Phase = api.ServerPhase
 #: How often to look again while the referenced TrainingJob has no model yet.
 WAITING_FOR_MODEL_REQUEUE_SECONDS = 15.0
 
-#: Infrastructure disruptions restart a server pod without counting (see module docstring).
-SERVER_FAILURE_POLICY: tuple[api.FailurePolicyRule, ...] = tuple(
-    r for r in api.default_failure_policy() if r.action is api.FailureAction.IGNORE
+#: A server that cannot load its model escalates at once; infrastructure disruptions restart
+#: a server pod without counting (see module docstring).
+SERVER_FAILURE_POLICY: tuple[api.FailurePolicyRule, ...] = (
+    api.FailurePolicyRule(on_exit_codes=[api.EXIT_MODEL_UNLOADABLE], action=api.FailureAction.FAIL),
+    *(r for r in api.default_failure_policy() if r.action is api.FailureAction.IGNORE),
 )
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -265,6 +271,7 @@ class _ServingReconcile(ConditionWriter):
                         reason=p.reason if final or p.reason not in _POD_LEVEL_REASONS else None,
                         pod_conditions=p.conditions if final else frozenset(),
                         succeeded=p.exit_code == 0,
+                        message=p.message,
                     )
                 )
         return out
@@ -296,11 +303,19 @@ class _ServingReconcile(ConditionWriter):
                     RecordEvent(
                         "Warning",
                         "ServerRestarted",
-                        f"server pod {exit_.pod} terminated ({describe_failure(exit_)}), restart #{exit_.restart_count}; {what}",
+                        f"server pod {exit_.pod} terminated ({describe_failure(exit_)}), restart #{exit_.restart_count}; {what}"
+                        + (f'. It said: "{quote_message(exit_.message)}"' if exit_.message else ""),
                     )
                 )
             elif decision.verdict is Verdict.ESCALATE:
                 escalated = decision
+                if exit_.exit_code == api.EXIT_MODEL_UNLOADABLE and decision.action is api.FailureAction.FAIL:
+                    said = quote_message(exit_.message) or "no reason given (see its log)"
+                    escalated = replace(
+                        decision,
+                        reason="ModelUnloadable",
+                        message=f"server pod {exit_.pod} cannot load model version {st.model_version}: {said}",
+                    )
                 break
         sup.restart_times = [from_timestamp(t) for t in state.restart_times]
         sup.total_restarts = state.total_restarts

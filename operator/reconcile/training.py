@@ -444,6 +444,7 @@ class _TrainingReconcile(ConditionWriter):
             reason=pod.reason,
             pod_conditions=pod.conditions,
             succeeded=pod.phase == "Succeeded",
+            message=None if pod.phase == "Succeeded" else pod.message,
         )
 
     def _supervise_exits(self) -> bool:

@@ -370,3 +370,38 @@ def test_a_fast_path_that_disagrees_or_fails_falls_back_to_the_models_predict(tm
     rt._forest = "classifier"  # as if it had passed the proof: a later failure falls back, once and for all
     assert rt.predict(X[:5], True, False, True)[0].tolist() == model.predict(X[:5]).tolist()
     assert rt._forest is None
+
+
+# ----------------------------------------------------------------------------- let it crash
+async def test_an_artifact_that_can_never_load_calls_on_fatal_with_the_reason(tmp_path: Path, monkeypatch) -> None:
+    path, _, _ = build_artifact(tmp_path)
+    data = (path / "model.skops").read_bytes()
+    (path / "model.skops").write_bytes(data[: len(data) // 2])
+    term = tmp_path / "termination-log"
+    term.write_text("")
+    fatal: list[str] = []
+    monkeypatch.setenv("MLVISOR_TERMINATION_MESSAGE_PATH", str(term))
+    app = create_app(Settings(model_dir=path), on_fatal=fatal.append)
+    async with app.router.lifespan_context(app):
+        deadline = time.monotonic() + 20
+        while not fatal and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    assert len(fatal) == 1, fatal
+    assert fatal[0].startswith(f"model {path} cannot be loaded: ") and "corrupted or truncated" in fatal[0]
+    assert term.read_text() == fatal[0]
+
+
+async def test_a_missing_artifact_is_waited_for_and_served_once_it_appears(tmp_path: Path) -> None:
+    """A slow volume: the server stays live, says what it waits for, and never gives up on its own."""
+    fatal: list[str] = []
+    target = tmp_path / "models" / "v1"
+    app = create_app(Settings(model_dir=target, model_name="iris"), on_fatal=fatal.append)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            r = await _wait_ready(client, want=503)
+            assert "waiting for the model" in r.json()["error"] and "does not exist" in r.json()["error"]
+            build_artifact(tmp_path / "models")  # the version appears (atomically, as the trainer writes it)
+            r = await _wait_ready(client, want=200, timeout=30)
+            assert r.json() == {"ready": True}
+    assert fatal == []
