@@ -173,25 +173,37 @@ class Controllers:
         selector = ",".join(f"{k}={v}" for k, v in builders.server_selector(server).items())
         pods = await self.kube.list(client.core_path("pods", namespace), selector)
         observed = [observe_pod(pod) for pod in pods]
-        source = await self._model_source(server)
-        plan = plan_serving(server, deployment, observed, source, self.clock(), self.config)
+        source, referenced_job = await self._model_source(server)
+        plan = plan_serving(
+            server, deployment, observed, source, self.clock(), self.config, referenced_job=referenced_job
+        )
         applied = await self.applier.apply(body, plan)
         self._count(SERVING, body, plan, applied, since)
         return "ok", plan.requeue_after
 
-    async def _model_source(self, server: api.ModelServer) -> p.ModelRef | None:
-        """The model the spec points at now: the referenced job's status.model, or the URI."""
+    async def _model_source(self, server: api.ModelServer) -> tuple[p.ModelRef | None, p.ReferencedJob | None]:
+        """The model the spec points at now (the referenced job's status.model, or the URI), and that job."""
         if server.spec.model.uri:
-            return p.ModelRef(uri=server.spec.model.uri, version=builders.version_of(server.spec.model.uri))
+            return p.ModelRef(uri=server.spec.model.uri, version=builders.version_of(server.spec.model.uri)), None
         ref = server.spec.model.training_job_ref
         if ref is None:
-            return None
+            return None, None
         path = client.group_path(api.GROUP, api.VERSION, api.PLURALS[TRAINING], server.metadata.namespace, ref.name)
         job = await self._get_or_none(path)
-        model = ((job or {}).get("status") or {}).get("model") or {}
+        if job is None:
+            return None, p.ReferencedJob(exists=False)
+        status = job.get("status") or {}
+        failed = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Failed" and c.get("status") == "True"),
+            None,
+        )
+        referenced = p.ReferencedJob(
+            exists=True, phase=status.get("phase"), message=str(failed.get("message") or "") or None if failed else None
+        )
+        model = status.get("model") or {}
         if not model.get("uri") or not model.get("version"):
-            return None
-        return p.ModelRef(uri=str(model["uri"]), version=str(model["version"]))
+            return None, referenced
+        return p.ModelRef(uri=str(model["uri"]), version=str(model["version"])), referenced
 
     # ------------------------------------------------------------------ shared
 

@@ -106,14 +106,18 @@ def servers_by_job(namespace: str, name: str, spec: Any, **_: Any) -> dict[tuple
 
 @kopf.on.event(api.GROUP, api.VERSION, "trainingjobs", registry=registry)
 async def training_job_event(
-    namespace: str, name: str, body: Any, memo: kopf.Memo, servers_by_job: kopf.Index[Any, str], **_: Any
+    namespace: str, name: str, body: Any, memo: kopf.Memo, servers_by_job: kopf.Index[Any, str],
+    type: str | None = None, **_: Any
 ) -> None:
     memo.queue.trigger((TRAINING, namespace, name))
-    model = (body.get("status") or {}).get("model") or {}
-    version = model.get("version")
+    status = body.get("status") or {}
+    version = (status.get("model") or {}).get("version")
+    # Servers care about a new model version, and about the job appearing, failing or going
+    # away (their Ready condition says so: TrainingJobNotFound, TrainingJobFailed).
+    what = None if type == "DELETED" else (version, status.get("phase"))
     seen: dict[tuple[str, str], Any] = memo.setdefault("model_versions", {})
-    if version and seen.get((namespace, name)) != version:
-        seen[(namespace, name)] = version
+    if seen.get((namespace, name), ()) != what:
+        seen[(namespace, name)] = what
         for server in servers_by_job.get((namespace, name), ()):
             memo.queue.trigger((SERVING, namespace, server))
 

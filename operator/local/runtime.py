@@ -50,6 +50,7 @@ from mlvisor.operator.reconcile.plan import (
     OperatorConfig,
     Plan,
     RecordEvent,
+    ReferencedJob,
 )
 
 Resource = api.TrainingJob | api.ModelServer
@@ -351,6 +352,20 @@ class LocalRuntime:
             return None
         return ModelRef(uri=model.uri, version=model.version)
 
+    def referenced_job(self, server: api.ModelServer) -> ReferencedJob | None:
+        """What spec.model.trainingJobRef names, as the planner needs it while there is no model."""
+        ref = server.spec.model.training_job_ref
+        if ref is None:
+            return None
+        key = ("TrainingJob", server.metadata.namespace, ref.name)
+        if key not in self.resources:
+            return ReferencedJob(exists=False)
+        status = self.statuses.get(key)
+        if not isinstance(status, api.TrainingJobStatus):
+            return ReferencedJob(exists=True)
+        failed = next((c for c in status.conditions if c.type == "Failed" and c.status == "True"), None)
+        return ReferencedJob(exists=True, phase=status.phase.value, message=failed.message if failed else None)
+
     def _plan_serving(self, key: Key, now: float) -> Plan:
         from mlvisor.operator.reconcile.serving import plan_serving
 
@@ -358,7 +373,8 @@ class LocalRuntime:
         assert isinstance(server, api.ModelServer)
         dep = self.deployments.get(key)
         observed_dep, pods = (None, []) if dep is None or dep.manifest is None else dep.observe()
-        return plan_serving(server, observed_dep, pods, self.model_source(server), now, self.config)
+        return plan_serving(server, observed_dep, pods, self.model_source(server), now, self.config,
+                            referenced_job=self.referenced_job(server))
 
     async def _carry_out(self, key: Key, plan: Plan) -> None:
         for action in plan.actions:

@@ -107,6 +107,18 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
+class ReferencedJob:
+    """What the shell found under a ModelServer's spec.model.trainingJobRef (when it has no model yet)."""
+
+    exists: bool
+    """False: no TrainingJob of that name in the namespace."""
+    phase: str | None = None
+    """Its status.phase (Pending, Running, ..., Failed)."""
+    message: str | None = None
+    """Its Failed condition's message, when it failed."""
+
+
+@dataclass(frozen=True)
 class CreatePod:
     manifest: dict[str, Any]
 

@@ -59,6 +59,7 @@ from mlvisor.operator.reconcile.plan import (
     OperatorConfig,
     Plan,
     RecordEvent,
+    ReferencedJob,
 )
 from mlvisor.operator.supervision import (
     SEEN_FAILURES_KEPT,
@@ -114,15 +115,20 @@ def plan_serving(
     source: ModelRef | None,
     now: float,
     config: OperatorConfig,
+    *,
+    referenced_job: ReferencedJob | None = None,
 ) -> Plan:
     """Plan one reconcile of ``server`` at ``now`` (epoch seconds).
 
     ``source`` is what spec.model points at now (the shell resolves trainingJobRef to the
     job's status.model, or spec.model.uri to ModelRef(uri, version_of(uri))); None means
-    the job has no model yet. Always returns the whole new status and re-applies the
-    Service and (once there is a model) the Deployment, which are idempotent.
+    the job has no model yet, and ``referenced_job`` then says why: the job does not exist,
+    it failed, or it is still on its way. Always returns the whole new status and re-applies
+    the Service and (once there is a model) the Deployment, which are idempotent.
     """
-    return _ServingReconcile(server, observed_deployment, pods, source, quantize(now), config).run()
+    return _ServingReconcile(
+        server, observed_deployment, pods, source, quantize(now), config, referenced_job
+    ).run()
 
 
 @dataclass
@@ -133,6 +139,7 @@ class _ServingReconcile(ConditionWriter):
     source: ModelRef | None
     now: float
     config: OperatorConfig
+    referenced_job: ReferencedJob | None = None
     status: api.ModelServerStatus = field(init=False)
     actions: list[Action] = field(default_factory=list)
     events: list[RecordEvent] = field(default_factory=list)
@@ -222,8 +229,11 @@ class _ServingReconcile(ConditionWriter):
         if source is None:
             if st.model_uri is None:
                 st.phase = Phase.PENDING
-                message = "waiting for the model: the TrainingJob has not succeeded yet"
-                self._condition("Ready", "False", "WaitingForModel", message)
+                reason, message = self._why_no_model()
+                previous = find_condition(st.conditions, "Ready")
+                if reason != "WaitingForModel" and (previous is None or previous.reason != reason):
+                    self.events.append(RecordEvent("Warning", reason, message))
+                self._condition("Ready", "False", reason, message)
                 self.requeue = WAITING_FOR_MODEL_REQUEUE_SECONDS
                 return False
             return True  # keep serving what we serve
@@ -240,6 +250,25 @@ class _ServingReconcile(ConditionWriter):
             self._condition_false_if_present("RolledBack", "NewModel", message)
             self.events.append(RecordEvent("Normal", "Deploying", message))
         return True
+
+    def _why_no_model(self) -> tuple[str, str]:
+        """(reason, message) of Ready=False while spec.model.trainingJobRef has no model to give."""
+        ref = self.spec.model.training_job_ref
+        job = self.referenced_job
+        name = f"{self.server.metadata.namespace}/{ref.name}" if ref is not None else "?"
+        if job is not None and not job.exists:
+            return (
+                "TrainingJobNotFound",
+                f"spec.model.trainingJobRef.name: there is no TrainingJob {name}; create it, "
+                "or fix the name (this server serves the model once that job succeeds)",
+            )
+        if job is not None and job.phase == api.TrainingPhase.FAILED:
+            why = f": {job.message}" if job.message else ""
+            return (
+                "TrainingJobFailed",
+                f"the TrainingJob {name} failed, so there is no model to serve{why}",
+            )
+        return "WaitingForModel", "waiting for the model: the TrainingJob has not succeeded yet"
 
     def _policy(self) -> Policy:
         sup = self.spec.supervision

@@ -184,3 +184,20 @@ async def test_events_are_posted_after_the_status_so_a_conflict_does_not_post_th
         await adapter.apply(_job_body(), plan)
         kinds = [(w, path.rsplit("/", 1)[-1]) for w, path in kube.writes]
         assert kinds == [("create", "pods"), ("patch", "status"), ("create", "events")]
+
+
+def test_a_failed_container_reports_its_termination_message_but_a_success_summary_is_not_a_reason():
+    failed = {"metadata": {"name": "j-worker-0-1"}, "status": {"phase": "Failed", "containerStatuses": [
+        {"restartCount": 0, "state": {"terminated": {"exitCode": 2, "reason": "Error",
+                                                     "message": "invalid spec: spec.estimator.params.n_estimator is not a parameter"}}}]}}
+    assert observe_pod(failed).message == "invalid spec: spec.estimator.params.n_estimator is not a parameter"
+    ok = {"metadata": {"name": "j-worker-0-1"}, "status": {"phase": "Succeeded", "containerStatuses": [
+        {"state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": '{"version": "a"}'}}}]}}
+    assert observe_pod(ok).message is None
+    restarted = {"metadata": {"name": "s-1"}, "status": {"phase": "Running", "containerStatuses": [
+        {"restartCount": 1, "state": {"running": {}},
+         "lastState": {"terminated": {"exitCode": 4, "reason": "Error", "message": "model x cannot be loaded: y"}}}]}}
+    assert observe_pod(restarted).message == "model x cannot be loaded: y"
+    evicted = {"metadata": {"name": "s-2"}, "status": {"phase": "Failed", "reason": "Evicted",
+                                                       "message": "The node was low on resource: memory."}}
+    assert observe_pod(evicted).message == "The node was low on resource: memory."
