@@ -123,7 +123,7 @@ def prepare(opts: RunOptions, log: EventLog) -> Prepared:
              f"{data.X.shape[0]} rows, {data.X.shape[1]} features",
              source=data.info.source, dataset=data.info.name, rows=int(data.X.shape[0]),
              features=int(data.X.shape[1]))
-    target = prepare_target(data.y, recipe.task, data.info.target)
+    target = prepare_target(data.y, recipe.task, data.info.target, recipe.path)
     X_train, X_test, y_train, y_test = split(data.X, target.y, recipe.task, spec)
     log.info("split", f"train/test split: {len(y_train)} train rows, {len(y_test)} held out "
              f"(testSize {spec.test_size}, randomState {spec.random_state})",

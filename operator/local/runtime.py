@@ -95,6 +95,8 @@ class Event:
     type: str
     reason: str
     message: str
+    log: Path | None = None
+    """Log file of the pod whose failure the event is about (Warnings), when there is one."""
 
 
 class Reporter:
@@ -159,6 +161,8 @@ class LocalRuntime:
         self._run_id = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._scratch = settings.data_dir / "tmp" / self._run_id
         self._background: set[asyncio.Task[Any]] = set()
+        self.steps = 0
+        """Reconciles of every resource done so far (0: no status is known yet)."""
 
     # ------------------------------------------------------------------ resources
 
@@ -265,6 +269,7 @@ class LocalRuntime:
                 await self._carry_out(key, plan)
             except ManifestError as e:
                 self.reporter.problems([f"{key_str(key)}: {e}"])
+        self.steps += 1
         self.reporter.changed(self)
 
     async def run(self, done: Callable[[], bool], stop: asyncio.Event) -> None:
@@ -387,7 +392,8 @@ class LocalRuntime:
             elif isinstance(action, ApplyService):
                 await self._apply_service(key)
             elif isinstance(action, RecordEvent):
-                self.reporter.event(Event(time.time(), key, action.type, action.reason, action.message))
+                log = self.failure_log(key, plan.status) if action.type == "Warning" else None
+                self.reporter.event(Event(time.time(), key, action.type, action.reason, action.message, log))
         if plan.status is not None:
             self.statuses[key] = plan.status
         if plan.requeue_after is not None:
@@ -403,6 +409,18 @@ class LocalRuntime:
 
     def _log_dir(self, key: Key) -> Path:
         return self.settings.data_dir / "logs" / key[1] / f"{key[0].lower()}-{key[2]}"
+
+    def log_path(self, key: Key, pod: str) -> Path:
+        """Where the output of a pod of this resource goes (every run of its container, appended)."""
+        return self._log_dir(key) / f"{pod}.log"
+
+    def failure_log(self, key: Key, status: Any) -> Path | None:
+        """The log of the pod named in status.supervision.lastFailure, if it exists."""
+        last = getattr(getattr(status, "supervision", None), "last_failure", None)
+        if last is None or not last.pod:
+            return None
+        path = self.log_path(key, last.pod)
+        return path if path.is_file() else None
 
     def _started(self, process: LocalProcess) -> None:
         self.processes.append(process)

@@ -123,7 +123,10 @@ class TerminalView(Reporter):
 
     def event(self, event: Event) -> None:
         when = dt.datetime.fromtimestamp(event.time).strftime("%H:%M:%S")
-        self._print_above([f"{when} {event.type} {event.reason} {key_str(event.key)}: {event.message}"])
+        line = f"{when} {event.type} {event.reason} {key_str(event.key)}: {event.message}"
+        if event.log is not None:
+            line += f" (log: {event.log})"
+        self._print_above([line])
 
     def problems(self, lines: Sequence[str]) -> None:
         self._erase()
