@@ -465,7 +465,9 @@ class ModelInfo(Model):
     metrics: dict[str, float] = Field(default_factory=dict)
     """Held-out metrics (accuracy, f1_macro, roc_auc or r2, mae, rmse)."""
     score: float | None = None
-    """The headline metric (accuracy for classifiers, r2 for regressors)."""
+    """The headline metric: spec.search.scoring on the held-out split when set, else accuracy for classifiers, r2 for regressors."""
+    score_name: str | None = Field(None, max_length=64)
+    """Which metric score is (a key of metrics)."""
     best_params: dict[str, Any] | None = Field(
         None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )

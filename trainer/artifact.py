@@ -90,7 +90,7 @@ class ArtifactMetadata(BaseModel):
     outputs: list[TensorSpec]
     metrics: dict[str, float]
     score_name: str
-    """The headline metric: accuracy for classifiers, r2 for regressors."""
+    """The headline metric: spec.search.scoring when a search set it, else accuracy for classifiers, r2 for regressors."""
     params: dict[str, Any]
     best_params: dict[str, Any] | None = None
     search: dict[str, Any] | None = None

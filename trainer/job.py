@@ -212,6 +212,16 @@ def finish(opts: RunOptions, p: Prepared, model: Any, best: TrialResult | None,
     task = p.recipe.task
     metrics = heldout_metrics(model, task, p.X_test, p.y_test, log)
     score_name = SCORE_NAME[task]
+    if p.scoring is not None and p.scoring != score_name:
+        # The headline score is what the user asked the search to maximise, on the held-out split.
+        from sklearn.metrics import get_scorer
+
+        try:
+            metrics[p.scoring] = float(get_scorer(p.scoring)(model, p.X_test, p.y_test))
+            score_name = p.scoring
+        except ValueError as e:
+            log.warning("metrics", f"{p.scoring} is undefined on the held-out split ({e}); "
+                        f"the score is {score_name}")
     log.info("metrics", "held-out " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
              metrics=metrics)
     metadata = build_metadata(opts, p, model, metrics, score_name, best, results)

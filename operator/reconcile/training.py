@@ -560,6 +560,7 @@ class _TrainingReconcile(ConditionWriter):
         score = md.get("score")
         if isinstance(score_name, str) and score_name in metrics:
             model.score = metrics[score_name]
+            model.score_name = score_name[:64]
         elif isinstance(score, int | float) and not isinstance(score, bool) and math.isfinite(score):
             model.score = float(score)
         best = get("best_params", "bestParams")
