@@ -1,0 +1,122 @@
+"""End to end: every failure says why, where the user looks (the terminal, the status), fast.
+
+Resource files written from the README, run by `mlvisor run` as a new user would:
+- a classifier on a continuous target: the job fails at once and the trainer's own words are
+  in the event line, the summary and status.supervision.lastFailure, with the log's path;
+- a ModelServer whose TrainingJob does not exist: ``--exit-after-ready`` exits 1 with that
+  reason, and the status says it in the Ready condition;
+- a model that cannot be loaded, under the default supervision (maxRestarts 5 in 300 s,
+  startupTimeoutSeconds 120): rolled back within a minute, or Failed with the server's
+  reason when there is nothing to roll back to.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CLASSIFIER_ON_DIABETES = """\
+apiVersion: mlvisor.dev/v1alpha1
+kind: TrainingJob
+metadata: {name: sugar}
+spec:
+  dataset: {builtin: diabetes}
+  estimator:
+    class: sklearn.ensemble.RandomForestClassifier
+    params: {n_estimators: 10}
+"""
+
+
+def _condition(status: dict, type_: str) -> dict:
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+
+
+def test_a_trainer_refusal_is_shown_with_its_own_words_and_log_path(mlvisor_run, tmp_path: Path) -> None:
+    spec = tmp_path / "sugar.yaml"
+    spec.write_text(CLASSIFIER_ON_DIABETES)
+    run = mlvisor_run(spec, args=["--no-table"])
+    assert run.wait_exit() == 1, run.explain()
+    out = run.log()
+    words = "the target looks continuous: 214 distinct values over 442 rows"
+    log = run.data_dir / "logs" / "default" / "trainingjob-sugar" / "sugar-worker-0-1.log"
+    event = next(line for line in out.splitlines() if "Warning FailurePolicy TrainingJob/default/sugar" in line)
+    assert words in event and "choose a regressor such as sklearn.ensemble.RandomForestRegressor" in event, event
+    assert event.endswith(f"(log: {log})"), event
+    summary = next(line for line in out.splitlines() if line.startswith("TrainingJob default/sugar: Failed"))
+    assert words in summary, summary
+    assert f"log of sugar-worker-0-1: {log}" in out
+    last = run.status()["TrainingJob/default/sugar"]["supervision"]["lastFailure"]
+    assert last["exitCode"] == 2 and words in last["message"]
+    assert words in log.read_text()
+
+
+def test_exit_after_ready_fails_with_the_reason_when_the_training_job_does_not_exist(mlvisor_run, tmp_path: Path) -> None:
+    spec = tmp_path / "orphan.yaml"
+    spec.write_text("apiVersion: mlvisor.dev/v1alpha1\nkind: ModelServer\nmetadata: {name: orphan}\n"
+                    "spec:\n  model: {trainingJobRef: {name: nope}}\n")
+    run = mlvisor_run(spec, args=["--no-table", "--exit-after-ready", "--timeout", "60"])
+    assert run.wait_exit() == 1, run.explain()
+    status = run.status()["ModelServer/default/orphan"]
+    ready = _condition(status, "Ready")
+    assert status["phase"] == "Pending" and ready["reason"] == "TrainingJobNotFound", status
+    assert "there is no TrainingJob default/nope" in ready["message"]
+    line = next(line for line in run.log().splitlines() if line.startswith("ModelServer default/orphan: Pending"))
+    assert "there is no TrainingJob default/nope" in line
+    assert "Warning TrainingJobNotFound ModelServer/default/orphan" in run.log()
+
+
+SERVER = """\
+apiVersion: mlvisor.dev/v1alpha1
+kind: ModelServer
+metadata: {{name: {name}}}
+spec:
+  model: {{uri: "file://{uri}/"}}
+  modelName: iris
+"""
+
+
+def test_a_model_that_cannot_load_rolls_back_within_a_minute_under_the_default_supervision(
+    mlvisor_run, iris_artifact: Path, broken_artifact: Path, tmp_path: Path
+) -> None:
+    spec = tmp_path / "server.yaml"
+    spec.write_text(SERVER.format(name="rb", uri=iris_artifact))
+    # The local kubelet's first restart wait is 1 s (a kubelet's is 10 s): keep it, as a user would.
+    run = mlvisor_run(spec, args=["--no-table"])
+    run.wait_for("Ready on v1", lambda s: s["ModelServer/default/rb"].get("phase") == "Ready")
+    spec.write_text(SERVER.format(name="rb", uri=broken_artifact))
+    started = time.monotonic()
+
+    def rolled_back(status: dict) -> dict | None:
+        s = status["ModelServer/default/rb"]
+        return s if _condition(s, "RolledBack").get("status") == "True" else None
+
+    final = run.wait_for("rolled back", rolled_back, timeout=60)
+    took = time.monotonic() - started
+    assert took < 60
+    assert final["modelVersion"] == "v1" and final["supervision"]["lastFailure"]["exitCode"] == 4
+    rolled = _condition(final, "RolledBack")
+    assert rolled["reason"] == "ModelUnloadable" and "corrupted or truncated" in rolled["message"], rolled
+    assert "corrupted or truncated" in final["supervision"]["lastFailure"]["message"]
+    print(f"rolled back {took:.1f}s after the broken version was applied")  # figure for docs/reliability.md
+    assert run.interrupt() == 130
+    run.assert_no_orphans()
+
+
+def test_a_model_that_cannot_load_with_nothing_to_roll_back_to_fails_with_the_reason(
+    mlvisor_run, broken_artifact: Path, tmp_path: Path
+) -> None:
+    spec = tmp_path / "server.yaml"
+    spec.write_text(SERVER.format(name="bad", uri=broken_artifact))
+    run = mlvisor_run(spec, args=["--no-table", "--exit-after-ready", "--timeout", "60"])
+    assert run.wait_exit() == 1, run.explain()
+    status = run.status()["ModelServer/default/bad"]
+    failed = _condition(status, "Failed")
+    assert status["phase"] == "Failed" and failed["reason"] == "ModelUnloadable", json.dumps(status)
+    assert "corrupted or truncated" in failed["message"]
+    line = next(line for line in run.log().splitlines() if line.startswith("ModelServer default/bad: Failed"))
+    assert "corrupted or truncated" in line
