@@ -37,6 +37,15 @@ ESTIMATOR_CLASS = r"^sklearn(\.[A-Za-z_][A-Za-z0-9_]*)+$"
 MODEL_URI = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/|file:///)[^\s]*$"
 CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
+#: The patterns above in words, for messages (mlvisor validate, InvalidSpec conditions).
+PATTERN_WORDS: dict[str, str] = {
+    DNS_LABEL: "a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit",
+    MODEL_NAME: "a model name: letters, digits, '_', '.' and '-', starting with a letter or digit, at most 63 characters",
+    ESTIMATOR_CLASS: "the dotted path of a class inside scikit-learn, e.g. sklearn.ensemble.RandomForestClassifier",
+    MODEL_URI: "pvc://<claim>/<path>/ or, for mlvisor run, file:///<absolute path>/",
+    CONDITION_REASON: "a CamelCase reason",
+}
+
 
 def _cel(rule: str, message: str, **extra: str) -> dict[str, str]:
     return {"rule": rule, "message": message, **extra}

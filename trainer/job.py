@@ -112,7 +112,12 @@ def check_options(opts: RunOptions) -> int:
 
 
 def prepare(opts: RunOptions, log: EventLog) -> Prepared:
+    from mlvisor.trainer.preflight import spec_problems
+
     spec = opts.spec
+    problems = spec_problems(spec)  # every problem at once, as mlvisor validate lists them
+    if problems:
+        raise InvalidSpec("; ".join(problems))
     recipe = make_recipe(spec.estimator.class_, spec.estimator.params)
     scoring = None
     if spec.search is not None:

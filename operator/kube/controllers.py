@@ -13,6 +13,7 @@ becomes an exception that kopf would retry forever.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -41,13 +42,14 @@ Key = tuple[str, str, str]
 
 
 def describe_validation_error(kind: str, error: pydantic.ValidationError) -> str:
-    """'spec.estimator.class: String should match pattern ...' for the first few errors."""
-    parts = []
-    for e in error.errors()[:3]:
-        where = ".".join(str(x) for x in e.get("loc", ()) if x != "__root__") or "spec"
-        parts.append(f"{where}: {e.get('msg', 'invalid')}")
-    more = f" (and {error.error_count() - 3} more)" if error.error_count() > 3 else ""
-    return f"invalid {kind}: " + "; ".join(parts) + more + ". Fix the resource and apply it again."
+    """Every problem, in `mlvisor validate`'s words: 'spec.estimator.class: expected the dotted path ...'."""
+    from mlvisor.operator.resources_cli import describe_validation_error as describe
+
+    return f"invalid {kind}: " + "; ".join(describe(error)) + ". Fix the resource and apply it again."
+
+
+#: Pre-flight verdicts kept per (uid, generation): a spec is judged once per generation.
+PREFLIGHT_CACHE_SIZE = 1024
 
 
 def _wire_body(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,6 +108,7 @@ class Controllers:
         self.metrics = metrics
         self.clock = clock
         self.applier = PlanApplier(kube, clock)
+        self._preflight: dict[tuple[str | None, int | None], list[str]] = {}
 
     async def reconcile(self, key: Any, since: float | None) -> float | None:
         kind, namespace, name = key
@@ -140,10 +143,33 @@ class Controllers:
             if is_controlled_by(pod, body["metadata"].get("uid"))
         ]
         observed = [observe_pod(pod) for pod in pods]
-        plan = plan_training(job, observed, self.clock(), self.config, artifact_metadata=termination_summary(pods))
+        plan = plan_training(
+            job, observed, self.clock(), self.config,
+            artifact_metadata=termination_summary(pods), preflight=await self.preflight(job),
+        )
         applied = await self.applier.apply(body, plan)
         self._count(TRAINING, body, plan, applied, since)
         return "ok", plan.requeue_after
+
+    async def preflight(self, job: api.TrainingJob) -> list[str]:
+        """The trainer's pre-flight problems of a job that has not started (none once it runs).
+
+        The operator image has scikit-learn, so a typo in a parameter, a bad value or an unknown
+        scorer becomes InvalidSpec before any pod exists, in the words `mlvisor validate` uses.
+        Judged once per generation, in a thread (the first call imports scikit-learn).
+        """
+        if job.status is not None and job.status.version is not None:
+            return []
+        key = (job.metadata.uid, job.metadata.generation)
+        if key not in self._preflight:
+            try:
+                from mlvisor.trainer.preflight import spec_problems
+            except ImportError:  # an operator built without the trainer: the trainer judges at run time
+                return []
+            if len(self._preflight) >= PREFLIGHT_CACHE_SIZE:
+                self._preflight.pop(next(iter(self._preflight)))
+            self._preflight[key] = await asyncio.to_thread(spec_problems, job.spec)
+        return self._preflight[key]
 
     # ------------------------------------------------------------------ ModelServer
 

@@ -236,7 +236,7 @@ class LocalRuntime:
         resources: list[Resource] = []
         try:
             for f in self.files:
-                resources.extend(load_resources(f))
+                resources.extend(load_resources(f, data_dir=self.settings.data_dir))
         except ResourceError as e:
             self.reporter.problems(["a resource file changed but is not valid; keeping the running resources:",
                                     *e.problems])

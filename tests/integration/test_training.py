@@ -260,3 +260,19 @@ def test_a_grid_too_large_for_the_operator_gets_invalid_spec(world: World, opera
     assert "spec.search.grid" in failed["message"]
     assert world.wait_event("huge", "InvalidSpec")["type"] == "Warning"
     stays(lambda: world.pods("huge") == {}, 0.5, "no pod for an invalid job")
+
+
+def test_the_preflight_check_refuses_what_scikit_learn_would_refuse_before_any_pod(world: World, operator) -> None:
+    """Passes the CRD (params are free-form) but not scikit-learn: InvalidSpec, every problem named, no pod."""
+    world.create(TJ, "typos", job_spec(
+        estimator={"class": "sklearn.ensemble.RandomForestClassifier", "params": {"n_estimator": 10}},
+        search={"grid": {"max_depth": [2]}, "scoring": "acuracy"},
+    ))
+    failed = world.wait_condition(TJ, "typos", "Failed", reason="InvalidSpec")
+    assert "spec.estimator.params.n_estimator is not a parameter" in failed["message"]
+    assert "(did you mean 'n_estimators'?)" in failed["message"]
+    assert "spec.search.scoring 'acuracy' is not a scikit-learn scorer" in failed["message"]
+    warning = world.wait_event("typos", "InvalidSpec")
+    assert warning["type"] == "Warning" and "n_estimator" in warning["message"]
+    stays(lambda: world.pods("typos") == {}, 1.0, "no pod for a spec scikit-learn refuses")
+    assert operator.proc.poll() is None

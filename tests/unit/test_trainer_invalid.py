@@ -79,7 +79,7 @@ def write_csv(path: Path, text: str) -> None:
                      "valid parameters: bootstrap, ", id="unknown-param"),
         pytest.param(with_(IRIS_RF, estimator={"class": "sklearn.ensemble.RandomForestClassifier",
                                                "params": {"n_estimators": -3}}),
-                     "spec.estimator.params: The 'n_estimators' parameter of "
+                     "spec.estimator.params.n_estimators: The 'n_estimators' parameter of "
                      "RandomForestClassifier must be an int in the range [1, inf)",
                      id="invalid-param-value"),
         pytest.param(with_(IRIS_RF, estimator={"class": "sklearn.svm.LinearSVC",
