@@ -276,3 +276,17 @@ def test_the_preflight_check_refuses_what_scikit_learn_would_refuse_before_any_p
     assert warning["type"] == "Warning" and "n_estimator" in warning["message"]
     stays(lambda: world.pods("typos") == {}, 1.0, "no pod for a spec scikit-learn refuses")
     assert operator.proc.poll() is None
+
+
+def test_the_workers_termination_message_is_in_status_condition_and_event(world: World, operator) -> None:
+    """What `kubectl describe tj` shows: the trainer's own reason, not only an exit code."""
+    said = "invalid spec: column 'price' is not in data/houses.csv; columns are: rooms, area"
+    world.create(TJ, "houses", job_spec())
+    world.wait_pod("houses-worker-0-1")
+    world.exit_pod("houses-worker-0-1", 2, message=said)
+    failed = world.wait_condition(TJ, "houses", "Failed", reason="FailurePolicy")
+    assert failed["message"].endswith(f'It said: "{said}"')
+    status = world.status(TJ, "houses")
+    assert status["supervision"]["lastFailure"]["message"] == said
+    assert status["supervision"]["lastFailure"]["exitCode"] == 2
+    assert said in world.wait_event("houses", "FailurePolicy")["message"]
