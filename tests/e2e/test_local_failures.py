@@ -13,6 +13,8 @@ Resource files written from the README, run by `mlvisor run` as a new user would
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -53,6 +55,9 @@ def test_a_trainer_refusal_is_shown_with_its_own_words_and_log_path(mlvisor_run,
     last = run.status()["TrainingJob/default/sugar"]["supervision"]["lastFailure"]
     assert last["exitCode"] == 2 and words in last["message"]
     assert words in log.read_text()
+    shown = subprocess.run([sys.executable, "-m", "mlvisor.operator.cli", "logs", "tj/sugar", "--data-dir",
+                            str(run.data_dir)], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and words in shown.stdout and str(log) in shown.stderr
 
 
 def test_exit_after_ready_fails_with_the_reason_when_the_training_job_does_not_exist(mlvisor_run, tmp_path: Path) -> None:

@@ -160,6 +160,17 @@ def test_server_killed_with_sigkill_is_restarted_and_answers_again(mlvisor_run, 
     assert _predict(url) == [cls for _, cls in KNOWN_ROWS]
     new = [p["pid"] for p in run.pids() if p["running"]]
     assert new and victims[0] not in new
+    import subprocess
+    import sys
+
+    # the run before the restart, as `kubectl logs --previous` shows it
+    previous = subprocess.run([sys.executable, "-m", "mlvisor.operator.cli", "logs", "ms/kill", "--previous",
+                               "--data-dir", str(run.data_dir)], capture_output=True, text=True, timeout=60)
+    current = subprocess.run([sys.executable, "-m", "mlvisor.operator.cli", "logs", "ms/kill",
+                              "--data-dir", str(run.data_dir)], capture_output=True, text=True, timeout=60)
+    assert previous.returncode == 0 and current.returncode == 0, previous.stderr + current.stderr
+    assert previous.stdout.count(" start: ") == 1 and current.stdout.count(" start: ") == 1
+    assert "loaded and warmed up" in previous.stdout and previous.stdout != current.stdout
     assert run.interrupt() == 130
     run.assert_no_orphans()
 
