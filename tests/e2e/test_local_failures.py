@@ -22,6 +22,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+DATA = Path(__file__).parent / "data"
+
 CLASSIFIER_ON_DIABETES = """\
 apiVersion: mlvisor.dev/v1alpha1
 kind: TrainingJob
@@ -125,3 +127,44 @@ def test_a_model_that_cannot_load_with_nothing_to_roll_back_to_fails_with_the_re
     assert "corrupted or truncated" in failed["message"]
     line = next(line for line in run.log().splitlines() if line.startswith("ModelServer default/bad: Failed"))
     assert "corrupted or truncated" in line
+
+
+KILLED_JOB = """\
+apiVersion: mlvisor.dev/v1alpha1
+kind: TrainingJob
+metadata: {name: torn}
+spec:
+  dataset: {builtin: iris}
+  estimator: {class: sklearn.tree.DecisionTreeClassifier, params: {random_state: 0}}
+  supervision:
+    backoff: {initialSeconds: 0.1, factor: 2, maxSeconds: 0.5}
+---
+apiVersion: mlvisor.dev/v1alpha1
+kind: ModelServer
+metadata: {name: torn}
+spec:
+  model: {trainingJobRef: {name: torn}}
+"""
+
+
+def test_a_trainer_killed_at_the_write_step_is_a_counted_crash_and_the_partial_version_is_never_served(
+    mlvisor_run, tmp_path: Path
+) -> None:
+    spec = tmp_path / "torn.yaml"
+    spec.write_text(KILLED_JOB)
+    wrap = f"worker={sys.executable} {DATA / 'kill_at_write.py'} --state {tmp_path / 'kills'} --"
+    run = mlvisor_run(spec, args=["--no-table", "--wrap", wrap])
+    server = run.wait_for("served", lambda s: s["ModelServer/default/torn"] if
+                          s.get("ModelServer/default/torn", {}).get("phase") == "Ready" else None, timeout=120)
+    job = run.status()["TrainingJob/default/torn"]
+    assert job["phase"] == "Succeeded"
+    assert job["supervision"]["lastFailure"]["exitCode"] == 137 and job["supervision"]["totalRestarts"] == 1
+    assert [w["attempt"] for w in job["workers"]] == [2]
+    root = run.data_dir / "volumes" / "mlvisor-models" / "default" / "torn"
+    leftovers = list(root.glob(".*.tmp-*"))
+    assert len(leftovers) == 1 and (leftovers[0] / "model.skops").is_file()  # attempt 1's complete-looking remains
+    from mlvisor.trainer.artifact import list_versions
+
+    assert list_versions(root) == [job["model"]["version"]] == [server["modelVersion"]]
+    assert run.interrupt() == 130
+    run.assert_no_orphans()
