@@ -146,12 +146,34 @@ def json_values(data: list, datatype: str, what: str, cols: int | None = None) -
             raise error
         if kind not in "biuf":  # e.g. integers too large for any numpy integer type
             return _python_values(data, datatype, what, cols)
-    elif kind in "iuf" and datatype != "BOOL" and bool(((arr == 0) | (arr == 1)).any()):
-        # np.asarray([True, 1.5]) is [1.0, 1.5]: a boolean can hide behind a 0 or a 1.
+    elif datatype != "BOOL" and _may_hide_a_boolean(arr, data):
         error = _first_wrong_kind(data, datatype, what, cols)
         if error is not None:
             raise error
+    if datatype == "FP64" and kind == "f":  # the hot path: nothing to range-check
+        return arr.reshape(-1)
     return check_array(arr.reshape(-1), datatype, what, cols, data=data)
+
+
+#: Up to this many values, looking at each value's type in Python is cheaper than numpy's masks.
+_SCAN_BELOW = 64
+
+
+def _may_hide_a_boolean(arr: np.ndarray, data: list) -> bool:
+    """Whether numbers that numpy parsed include a JSON boolean (True became 1, False 0)."""
+    if arr.size <= _SCAN_BELOW:
+        values = data if arr.ndim == 1 else _flatten(data)
+        return any(type(v) is bool for v in values)
+    zero_or_one = np.flatnonzero((arr == 0.0) | (arr == 1.0))
+    if not zero_or_one.size:
+        return False
+    for flat_index in zero_or_one.tolist():
+        value: Any = data
+        for i in np.unravel_index(flat_index, arr.shape):
+            value = value[int(i)]
+        if type(value) is bool:
+            return True
+    return False
 
 
 def _python_values(data: Any, datatype: str, what: str, cols: int | None) -> np.ndarray:

@@ -79,3 +79,15 @@ def test_typed_arrays_get_the_same_range_rules() -> None:
         check_array(np.array([2.5]), "INT32", "x")
     with pytest.raises(ApiError, match="value 2 at position 1 is not a boolean"):
         check_array(np.array([1, 2]), "BOOL", "x")
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_boolean_hidden_among_many_numbers_is_found(nested: bool) -> None:
+    """Beyond a few values the 0/1 entries are found with numpy and only those are looked at."""
+    rows = [[float(r), 0.5, 1.0, 0.0] for r in range(100)]  # plenty of genuine 0.0 and 1.0
+    rows[70][2] = False
+    data = rows if nested else [v for row in rows for v in row]
+    with pytest.raises(ApiError, match=r"value false at position 282 \(row 70, feature 2\) is a boolean"):
+        json_values(data, "FP64", "input 'x'", 4)
+    rows[70][2] = 0.0
+    assert json_values(rows if nested else [v for row in rows for v in row], "FP64", "x", 4).size == 400
