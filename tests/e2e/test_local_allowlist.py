@@ -2,7 +2,7 @@
 
 Real trainer and server processes from one resource file written the way the README says:
 GradientBoosting (both tasks: its ``estimators_`` is a numpy array, which once made loading
-fail forever), and two meta-estimators given their estimators as nested ``{class, params}``
+fail forever), and a meta-estimator given their estimators as nested ``{class, params}``
 mappings. Every server must answer with exactly what the artifact's own estimator predicts.
 """
 
@@ -23,8 +23,6 @@ PAIRS = {
     "vote": ("iris", "sklearn.ensemble.VotingClassifier",
              "{voting: soft, estimators: [[tree, {class: sklearn.tree.DecisionTreeClassifier, params: {max_depth: 3}}],"
              " [lr, {class: sklearn.linear_model.LogisticRegression, params: {max_iter: 500}}]]}"),
-    "pipe": ("iris", "sklearn.pipeline.Pipeline",
-             "{steps: [[scale, {class: sklearn.preprocessing.StandardScaler}], [svc, {class: sklearn.svm.SVC}]]}"),
 }
 
 
