@@ -52,6 +52,25 @@ def describe_validation_error(kind: str, error: pydantic.ValidationError) -> str
 PREFLIGHT_CACHE_SIZE = 1024
 
 
+def warm_up_preflight() -> None:
+    """Import what the pre-flight check needs (scikit-learn: seconds) by judging a sample spec once."""
+    started = time.monotonic()
+    try:
+        from mlvisor.trainer.preflight import spec_problems
+    except ImportError as e:
+        logger.warning("no pre-flight check of TrainingJob specs (%s): the trainer judges them in their pod", e)
+        return
+    sample = api.TrainingJobSpec.model_validate({
+        "dataset": {"builtin": "iris"},
+        "estimator": {"class": "sklearn.ensemble.RandomForestClassifier"},
+        "search": {"grid": {"max_depth": [2]}, "scoring": "accuracy"},
+    })
+    problems = spec_problems(sample)
+    if problems:  # the sample is valid: anything else means this install is broken
+        logger.warning("pre-flight check of a valid sample found problems: %s", "; ".join(problems))
+    logger.info("pre-flight check ready in %.1f s", time.monotonic() - started)
+
+
 def _wire_body(body: Mapping[str, Any]) -> dict[str, Any]:
     """What the api models parse: the resource without server-managed metadata noise."""
     meta = body.get("metadata") or {}

@@ -21,6 +21,8 @@ had in memory.
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 from typing import Any
 
@@ -29,7 +31,7 @@ import kopf
 from mlvisor.operator import api
 from mlvisor.operator.kube import client
 from mlvisor.operator.kube import settings as operator_settings
-from mlvisor.operator.kube.controllers import SERVING, TRAINING, Controllers, retry_delay
+from mlvisor.operator.kube.controllers import SERVING, TRAINING, Controllers, retry_delay, warm_up_preflight
 from mlvisor.operator.kube.metrics import Metrics
 from mlvisor.operator.kube.queue import WorkQueue
 from mlvisor.operator.reconcile import plan as p
@@ -81,6 +83,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     memo.kube = kube
     memo.metrics = metrics
     memo.queue = WorkQueue(controllers.reconcile, retryable=retry_delay)
+    # The pre-flight check needs scikit-learn: import it now (seconds), not in the first reconcile.
+    await asyncio.to_thread(warm_up_preflight)
     logger.info(
         "mlvisor operator started: %s",
         ", ".join(options.namespaces) if options.namespaces else "all namespaces",
