@@ -29,12 +29,25 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 #: Exit code of the trainer for an invalid spec or invalid data: never worth retrying.
 EXIT_INVALID_SPEC = 2
+#: Exit code of the model server when its model can never be loaded (checksum, untrusted type,
+#: shape, warm-up error); the reason is its termination message. Never worth a restart either.
+#: Same value as mlvisor.server.loading.EXIT_MODEL_UNLOADABLE (the server cannot import this module).
+EXIT_MODEL_UNLOADABLE = 4
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 ESTIMATOR_CLASS = r"^sklearn(\.[A-Za-z_][A-Za-z0-9_]*)+$"
 MODEL_URI = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^\s/]|file:///)[^\s]*$"
 CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
+#: The patterns above in words, for messages (mlvisor validate, InvalidSpec conditions).
+PATTERN_WORDS: dict[str, str] = {
+    DNS_LABEL: "a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit",
+    MODEL_NAME: "a model name: letters, digits, '_', '.' and '-', starting with a letter or digit, at most 63 characters",
+    ESTIMATOR_CLASS: "the dotted path of a class inside scikit-learn, e.g. sklearn.ensemble.RandomForestClassifier",
+    MODEL_URI: "pvc://<claim>/<path>/ or, for mlvisor run, file:///<absolute path>/",
+    CONDITION_REASON: "a CamelCase reason",
+}
 
 
 def _cel(rule: str, message: str, **extra: str) -> dict[str, str]:
@@ -212,6 +225,8 @@ class FailureRecord(Model):
     """Container exit code, if it terminated."""
     reason: str | None = None
     """Termination reason (Error, OOMKilled, Evicted, ...)."""
+    message: str | None = Field(None, max_length=4096)
+    """What the process said about its end: the container's termination message (the trainer's or the server's reason), or the pod's status message."""
     action: FailureAction | None = None
     """How the failure policy classified it."""
     time: dt.datetime
@@ -464,7 +479,9 @@ class ModelInfo(Model):
     metrics: dict[str, float] = Field(default_factory=dict)
     """Held-out metrics (accuracy, f1_macro, roc_auc or r2, mae, rmse)."""
     score: float | None = None
-    """The headline metric (accuracy for classifiers, r2 for regressors)."""
+    """The headline metric: spec.search.scoring on the held-out split when set, else accuracy for classifiers, r2 for regressors."""
+    score_name: str | None = Field(None, max_length=64)
+    """Which metric score is (a key of metrics)."""
     best_params: dict[str, Any] | None = Field(
         None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )

@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "mlvisor.trainer.cli": ("train",),
     "mlvisor.server.cli": ("serve",),
     "mlvisor.operator.local.cli": ("run",),
+    "mlvisor.operator.local.logs": ("logs",),
     "mlvisor.operator.kube.cli": ("operator",),
 }
 

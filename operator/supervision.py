@@ -36,6 +36,7 @@ __all__ = [
     "classify_failure",
     "describe_failure",
     "failure_key",
+    "quote_message",
     "restarts_in_window",
     "should_restart",
     "supervise_exit",
@@ -127,6 +128,8 @@ class Failure:
     """The child exited with success (exit code 0)."""
     identity: str | None = None
     """What identifies this exit when pod#restart_count does not: a child resource's uid and the time of its Failed condition."""
+    message: str | None = None
+    """What the child said about its end (the container's termination message), if anything."""
 
 
 def failure_key(pod: str, restart_count: int) -> str:
@@ -253,7 +256,7 @@ def supervise_exit(
             Decision(
                 Verdict.ESCALATE,
                 "FailurePolicy",
-                f"{who} {what}; the failurePolicy says Fail, so it is not restarted",
+                f"{who} {what}; the failurePolicy says Fail, so it is not restarted" + _said(exit_),
                 action=action,
             ),
             replace(state, seen_failures=seen),
@@ -263,7 +266,7 @@ def supervise_exit(
             Decision(
                 Verdict.ESCALATE,
                 "TemporaryChildFailed",
-                f"{who} {what}; restart type Temporary never restarts a child",
+                f"{who} {what}; restart type Temporary never restarts a child" + _said(exit_),
                 action=action,
             ),
             replace(state, seen_failures=seen),
@@ -275,7 +278,7 @@ def supervise_exit(
             Decision(
                 Verdict.RESTART,
                 "RestartingIgnored",
-                f"{who} {what}; the failurePolicy says Ignore: restarting without counting it",
+                f"{who} {what}; the failurePolicy says Ignore: restarting without counting it" + _said(exit_),
                 restart=group,
                 delay=0.0,
                 counted=False,
@@ -291,7 +294,7 @@ def supervise_exit(
             Decision(
                 Verdict.ESCALATE,
                 "RestartIntensityExceeded",
-                f"{who} {what}; restart intensity exceeded: {window}",
+                f"{who} {what}; restart intensity exceeded: {window}" + _said(exit_),
                 action=action,
             ),
             replace(state, restart_times=history, seen_failures=seen),
@@ -301,7 +304,7 @@ def supervise_exit(
         Decision(
             Verdict.RESTART,
             "Restarting",
-            f"{who} {what}; restarting {_group_words(group, policy)} in {delay:g}s ({window})",
+            f"{who} {what}; restarting {_group_words(group, policy)} in {delay:g}s ({window})" + _said(exit_),
             restart=group,
             delay=delay,
             counted=True,
@@ -311,6 +314,10 @@ def supervise_exit(
             restart_times=history, total_restarts=state.total_restarts + 1, seen_failures=seen
         ),
     )
+
+
+#: Longest part of a termination message quoted in a condition or Event message.
+QUOTED_MESSAGE_CHARS = 600
 
 
 def describe_failure(f: Failure) -> str:
@@ -323,6 +330,24 @@ def describe_failure(f: Failure) -> str:
     if f.pod_conditions:
         parts.append("conditions " + ",".join(sorted(f.pod_conditions)))
     return ", ".join(parts) if parts else "failed"
+
+
+def quote_message(message: str | None) -> str:
+    """The part of a termination message worth quoting: its last non-empty line, shortened.
+
+    A process that writes its reason writes one line; a message the kubelet took from the log
+    tail ends with what went wrong last (a traceback's final line).
+    """
+    if not message:
+        return ""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    return last if len(last) <= QUOTED_MESSAGE_CHARS else last[: QUOTED_MESSAGE_CHARS - 3] + "..."
+
+
+def _said(f: Failure) -> str:
+    quoted = quote_message(f.message)
+    return f'. It said: "{quoted}"' if quoted else ""
 
 
 def _group_words(group: tuple[int, ...], policy: Policy) -> str:

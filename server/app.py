@@ -1,8 +1,11 @@
 """The FastAPI app: V2 REST routes, KServe V1 predict, health, metrics and docs.
 
 ``create_app(settings)`` builds an app whose lifespan starts loading the artifact in a thread
-and returns at once, so the server is *live* while the model loads and stays live (but not
-ready, with the reason in the readiness answer and the log) if loading fails. Bodies are read
+and returns at once, so the server is *live* while the model loads (see
+:mod:`mlvisor.server.loading`: a missing artifact is waited for; one that can never load is
+final). On a final failure the app calls ``on_fatal(message)`` (the CLI ends the process with
+a distinct exit code); without it the app stays live but not ready, with the reason in the
+readiness answer and the log. Bodies are read
 and parsed with orjson by hand (no pydantic per request: faster, and every error is ours to
 word), and every error, including Starlette's own 404/405, answers ``{"error": "..."}``.
 """
@@ -13,7 +16,7 @@ import asyncio
 import gc
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import version as _dist_version
 from typing import Any
@@ -25,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from mlvisor.server.batcher import Batcher
+from mlvisor.server.loading import ModelUnloadable, load_model, report_unloadable
 from mlvisor.server.errors import ApiError, bad_request
 from mlvisor.server.metrics import MetricsMiddleware, ServerMetrics
 from mlvisor.server.runtime import ModelRuntime, Parsed
@@ -47,8 +51,11 @@ def error_response(status: int, message: str) -> Response:
 class ServerState:
     """What the routes need: the runtime once loaded, or why it is not there."""
 
-    def __init__(self, settings: Settings, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: ServerMetrics, on_fatal: Callable[[str], None] | None = None
+    ) -> None:
         self.settings = settings
+        self.on_fatal = on_fatal
         self.metrics = metrics
         self.runtime: ModelRuntime | None = None
         self.batcher: Batcher | None = None
@@ -57,14 +64,20 @@ class ServerState:
 
     async def load(self) -> None:
         s = self.settings
-        try:
-            if self.model_name is None:
-                from mlvisor.trainer.artifact import read_metadata
 
-                self.model_name = (await asyncio.to_thread(read_metadata, s.model_dir)).name
-            runtime, seconds = await asyncio.to_thread(ModelRuntime.load, s.model_dir, self.model_name)
-        except Exception as e:
+        def waiting(reason: str) -> None:
+            self.reason = f"model not loaded: {reason}"
+
+        def named(name: str) -> None:
+            self.model_name = name
+
+        try:
+            runtime, seconds = await load_model(s.model_dir, self.model_name, waiting, named)
+        except ModelUnloadable as e:
             self.reason = f"model not loaded: {e}"
+            if self.on_fatal is not None:
+                self.on_fatal(report_unloadable(s.model_dir, str(e)))
+                return
             log.error("%s (model dir %s); the server stays live but not ready", self.reason, s.model_dir)
             return
         batcher = Batcher(
@@ -168,9 +181,9 @@ _INFER_BODY = {
 _V1_BODY = {"required": True, "content": {JSON: {"example": {"instances": [[5.1, 3.5, 1.4, 0.2]]}}}}
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
     metrics = ServerMetrics()
-    state = ServerState(settings, metrics)
+    state = ServerState(settings, metrics, on_fatal)
     server_version = _dist_version("mlvisor")
 
     @asynccontextmanager

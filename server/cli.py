@@ -3,7 +3,9 @@
 Heavy imports (FastAPI, sklearn, uvicorn) happen only inside ``serve`` so that ``mlvisor
 --help`` stays instant. One uvicorn worker with uvloop and httptools; SIGTERM/SIGINT are
 uvicorn's graceful shutdown (stop accepting, finish in-flight requests, then the lifespan
-drains the batcher). The process exits only on a signal, never because the model failed to load.
+drains the batcher). Exit codes: 0 after a signal; 2 invalid settings; 4 the model can never be
+loaded (reason in the termination message, see :mod:`mlvisor.server.loading`); 3 uvicorn could
+not start (e.g. the port is taken).
 """
 
 from __future__ import annotations
@@ -53,8 +55,20 @@ def serve(args: argparse.Namespace) -> int:
 
     level = settings.log_level.upper()
     logging.basicConfig(level="DEBUG" if level == "TRACE" else level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
-    uvicorn.run(
+    from mlvisor.server.loading import EXIT_MODEL_UNLOADABLE
+
+    exit_code = 0
+    server: uvicorn.Server | None = None
+
+    def crash(_message: str) -> None:
+        # Let it crash: the message is already in the termination log; stop serving and exit.
+        nonlocal exit_code
+        exit_code = EXIT_MODEL_UNLOADABLE
+        assert server is not None
+        server.should_exit = True
+
+    app = create_app(settings, on_fatal=crash)
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -65,6 +79,12 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=30,
         server_header=False,
     )
+    server = uvicorn.Server(config)
+    server.run()
+    if exit_code:
+        return exit_code
+    if not server.started:
+        return 3  # what uvicorn.run exits with when start-up failed
     return 0
 
 

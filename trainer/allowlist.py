@@ -55,10 +55,11 @@ def is_allowed_estimator_path(dotted: str) -> bool:
 
 
 #: Modules outside the allowed subpackages whose types are fitted state of allowed estimators:
-#: the distance metric objects of sklearn.neighbors estimators and the loss objects of the
-#: generalised linear models (TweedieRegressor). Without them those models could be trained but
-#: never loaded back. Data-only types; nothing here runs code on load.
-SUPPORT_MODULES: tuple[str, ...] = ("sklearn.metrics._dist_metrics", "sklearn._loss")
+#: the distance metric objects of sklearn.neighbors estimators, the loss objects of the
+#: generalised linear models (TweedieRegressor), and the Bunch (a dict with attribute access)
+#: in which Voting and Stacking keep their named estimators. Without them those models could
+#: be trained but never loaded back. Data-only types; nothing here runs code on load.
+SUPPORT_MODULES: tuple[str, ...] = ("sklearn.metrics._dist_metrics", "sklearn._loss", "sklearn.utils._bunch")
 
 
 def is_trusted_type(dotted: str) -> bool:

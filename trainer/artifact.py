@@ -6,7 +6,11 @@ Layout (the contract between trainer, server and operator)::
     <root>/<version>/metadata.json     ArtifactMetadata (below)
 
 A version directory appears only by an atomic rename of a complete temporary directory
-(``.<version>.tmp-*``), so a crash never leaves a version that looks complete. The
+(``.<version>.tmp-*``, both files fsync'ed first), so a crash never leaves a version that
+looks complete: readers see the whole version or none of it (tested by killing writers at
+every step). Leftover temporary directories of killed writers are invisible to readers
+(dot names) and removed by a later write once they are stale. A full disk is reported as
+:class:`ArtifactWriteError` naming the file and the volume, never as a bare errno. The
 metadata records the SHA-256 of model.skops: a truncated or corrupted file is refused
 with a clear ArtifactError, and loading uses skops with trusted types derived from the
 estimator allowlist, never pickle.
@@ -15,6 +19,7 @@ estimator allowlist, never pickle.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -37,6 +42,37 @@ FORMAT_VERSION = 1
 
 class ArtifactError(Exception):
     """The artifact is missing, incomplete, corrupted or contains untrusted types."""
+
+
+class ArtifactWriteError(OSError):
+    """Writing the artifact failed (a full disk, a read-only volume); the message names the file."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+#: A temporary version directory untouched for this long belongs to a writer that died.
+STALE_TMP_SECONDS = 600.0
+
+
+def write_failure(e: OSError, path: Path, what: str) -> ArtifactWriteError:
+    """An OSError while writing ``path``, in words: which file, why, and what to do."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "no space left on the device" if e.errno == errno.ENOSPC else "the disk quota is exceeded"
+        advice = "free space on that volume or give it more (e.g. a bigger PVC), then the restart succeeds"
+    elif e.errno == errno.EROFS:
+        why, advice = "the file system is read-only", "mount the output volume read-write"
+    else:
+        why, advice = (e.strerror or str(e)), "check the output volume"
+    return ArtifactWriteError(e.errno or 0, f"cannot write {what} {path}: {why}; {advice}")
+
+
+class ArtifactMissing(ArtifactError):
+    """The version directory or its metadata.json is not there (yet): a volume may still be mounting.
+
+    Every other ArtifactError is final: a version appears complete by one atomic rename, so a
+    version that is there but does not load never will.
+    """
 
 
 class TensorSpec(BaseModel):
@@ -82,7 +118,7 @@ class ArtifactMetadata(BaseModel):
     outputs: list[TensorSpec]
     metrics: dict[str, float]
     score_name: str
-    """The headline metric: accuracy for classifiers, r2 for regressors."""
+    """The headline metric: spec.search.scoring when a search set it, else accuracy for classifiers, r2 for regressors."""
     params: dict[str, Any]
     best_params: dict[str, Any] | None = None
     search: dict[str, Any] | None = None
@@ -124,17 +160,16 @@ def write_artifact(root: Path, model_bytes: bytes, metadata: ArtifactMetadata) -
     final = root / metadata.version
     if (final / METADATA_FILE).is_file():
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{metadata.version}.tmp-", dir=root))
     try:
-        (tmp / MODEL_FILE).write_bytes(model_bytes)
+        root.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(root)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{metadata.version}.tmp-", dir=root))
+    except OSError as e:
+        raise write_failure(e, root, "the artifact directory") from e
+    try:
+        _write_synced(tmp / MODEL_FILE, model_bytes)
         meta = metadata.model_copy(update={"model_sha256": hashlib.sha256(model_bytes).hexdigest()})
-        with open(tmp / METADATA_FILE, "w") as f:
-            f.write(meta.model_dump_json(indent=2))
-            f.flush()
-            os.fsync(f.fileno())
-        with open(tmp / MODEL_FILE, "rb+") as f:
-            os.fsync(f.fileno())
+        _write_synced(tmp / METADATA_FILE, meta.model_dump_json(indent=2).encode())
         os.chmod(tmp, 0o755)
         try:
             os.rename(tmp, final)
@@ -145,9 +180,42 @@ def write_artifact(root: Path, model_bytes: bytes, metadata: ArtifactMetadata) -
             raise
         _fsync_dir(root)
         return final
+    except ArtifactWriteError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failure(e, final, "the artifact") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write and fsync one file; a failure names it."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise write_failure(e, path, f"{len(data)} bytes to") from e
+
+
+def remove_stale_tmp(root: Path, now: float | None = None) -> list[Path]:
+    """Remove temporary version directories of writers that died (untouched for STALE_TMP_SECONDS)."""
+    import time
+
+    now = time.time() if now is None else now
+    removed = []
+    for child in Path(root).glob(".*.tmp-*"):
+        try:
+            if child.is_dir() and now - child.stat().st_mtime > STALE_TMP_SECONDS:
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child)
+        except OSError:
+            continue
+    return removed
 
 
 def read_metadata(path: Path) -> ArtifactMetadata:
@@ -155,9 +223,9 @@ def read_metadata(path: Path) -> ArtifactMetadata:
     path = Path(path)
     meta_path = path / METADATA_FILE
     if not path.is_dir():
-        raise ArtifactError(f"artifact directory {path} does not exist")
+        raise ArtifactMissing(f"artifact directory {path} does not exist")
     if not meta_path.is_file():
-        raise ArtifactError(f"{meta_path} is missing: {path} is not a complete artifact")
+        raise ArtifactMissing(f"{meta_path} is missing: {path} is not a complete artifact")
     try:
         raw = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -158,11 +158,38 @@ class Target:
     """V2 datatype of predict's output: INT64, BYTES or FP64."""
 
 
-def prepare_target(y_raw: np.ndarray, task: str, target_name: str) -> Target:
-    """Type the target for the task: integer or string labels for classification, floats for regression."""
+#: A numeric target with more distinct values than this, and fewer rows per value than
+#: CONTINUOUS_ROWS_PER_VALUE on average, is a measurement, not a set of class labels
+#: (diabetes: 214 values over 442 rows; digits, the most classes of the built-ins: 10 over 1797).
+CONTINUOUS_MIN_VALUES = 20
+CONTINUOUS_ROWS_PER_VALUE = 5.0
+
+
+def counterpart(estimator: str | None, task: str) -> str:
+    """The class of the other task to suggest: RandomForestClassifier <-> RandomForestRegressor."""
+    import importlib
+
+    want, have = ("Regressor", "Classifier") if task == "classification" else ("Classifier", "Regressor")
+    if estimator and estimator.endswith(have):
+        module, _, name = estimator.rpartition(".")
+        try:
+            if hasattr(importlib.import_module(module), name[: -len(have)] + want):
+                return f"{module}.{name[: -len(have)]}{want}"
+        except ImportError:
+            pass
+    return "sklearn.ensemble.RandomForestRegressor" if want == "Regressor" else "sklearn.ensemble.RandomForestClassifier"
+
+
+def prepare_target(y_raw: np.ndarray, task: str, target_name: str, estimator: str | None = None) -> Target:
+    """Type the target for the task: integer or string labels for classification, floats for regression.
+
+    A target unfit for the task is an InvalidSpec that says which and suggests the other kind
+    of estimator (``estimator``, the spec's class path, picks the suggestion).
+    """
     from sklearn.utils.multiclass import type_of_target
 
     field = "the target" if target_name == "target" else f"target column {target_name!r}"
+    what = estimator or ("a classifier" if task == "classification" else "a regressor")
     if y_raw.dtype == object:
         numeric = _all_numeric(y_raw)
     else:
@@ -171,8 +198,9 @@ def prepare_target(y_raw: np.ndarray, task: str, target_name: str) -> Target:
         if numeric is None:
             bad = next(v for v in y_raw if _to_float(v) is None)
             raise InvalidSpec(
-                f"{field} holds {bad!r}, which is not a number; a regressor needs a numeric "
-                "target (choose a classifier for labels)"
+                f"{field} holds {bad!r}, which is not a number: it holds class labels, and {what} is a "
+                f"regressor, which needs a numeric target; choose a classifier such as "
+                f"{counterpart(estimator, task)}"
             )
         if not np.all(np.isfinite(numeric)):
             raise InvalidSpec(f"{field} holds non-finite values; a regressor needs finite numbers")
@@ -183,8 +211,17 @@ def prepare_target(y_raw: np.ndarray, task: str, target_name: str) -> Target:
             datatype = "INT64"
         else:
             raise InvalidSpec(
-                f"{field} is continuous (e.g. {numeric[~(numeric == np.round(numeric))][:1].tolist()}); "
-                "a classifier needs class labels (integers or strings): choose a regressor"
+                f"{field} is continuous (e.g. {numeric[~(numeric == np.round(numeric))][:1].tolist()}): "
+                f"{what} is a classifier, which needs class labels (integers or strings); choose a "
+                f"regressor such as {counterpart(estimator, task)}"
+            )
+        values = np.unique(y)
+        if len(values) > CONTINUOUS_MIN_VALUES and len(y) / len(values) < CONTINUOUS_ROWS_PER_VALUE:
+            raise InvalidSpec(
+                f"{field} looks continuous: {len(values)} distinct values over {len(y)} rows "
+                f"({len(y) / len(values):.1f} rows per value, e.g. {', '.join(str(v) for v in y[:3].tolist())}): "
+                f"{what} is a classifier, which needs class labels; choose a regressor such as "
+                f"{counterpart(estimator, task)}"
             )
     else:
         y = np.array([str(v) for v in y_raw], dtype=object)

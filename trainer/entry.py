@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 from mlvisor.operator.api import EXIT_INVALID_SPEC
 from mlvisor.trainer.logs import EventLog
 from mlvisor.trainer.spec import InvalidSpec, LoadedSpec, load_spec_file, load_spec_json
+from mlvisor.trainer.termination import write_termination_message
 
 if TYPE_CHECKING:
     from mlvisor.trainer.job import RunOptions
@@ -122,22 +123,6 @@ def options_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> RunOp
         workers=workers,
         select=select,
     )
-
-
-#: Kubernetes copies this file into containerStatuses[].state.terminated.message, so the
-#: operator can put the reason of a failed worker into the job's condition without reading logs.
-TERMINATION_LOG = "/dev/termination-log"
-
-
-def write_termination_message(message: str, env: Mapping[str, str]) -> None:
-    """Write the failure reason to the pod's termination log, when there is one (never outside a pod)."""
-    path = Path(env.get("MLVISOR_TERMINATION_MESSAGE_PATH") or TERMINATION_LOG)
-    if not path.is_file():  # the kubelet creates it; never create files in /dev ourselves
-        return
-    try:
-        path.write_text(message[:4000])  # the kubelet keeps at most 4096 bytes
-    except OSError:
-        pass
 
 
 def execute(args: argparse.Namespace, env: Mapping[str, str] | None = None,

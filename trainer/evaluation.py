@@ -18,6 +18,7 @@ import numpy as np
 from mlvisor.trainer.artifact import TensorSpec
 from mlvisor.trainer.logs import EventLog
 
+#: The headline metric without a search scoring (a search's scoring replaces it: trainer/job.py).
 SCORE_NAME = {"classification": "accuracy", "regression": "r2"}
 
 

@@ -112,7 +112,12 @@ def check_options(opts: RunOptions) -> int:
 
 
 def prepare(opts: RunOptions, log: EventLog) -> Prepared:
+    from mlvisor.trainer.preflight import spec_problems
+
     spec = opts.spec
+    problems = spec_problems(spec)  # every problem at once, as mlvisor validate lists them
+    if problems:
+        raise InvalidSpec("; ".join(problems))
     recipe = make_recipe(spec.estimator.class_, spec.estimator.params)
     scoring = None
     if spec.search is not None:
@@ -123,7 +128,7 @@ def prepare(opts: RunOptions, log: EventLog) -> Prepared:
              f"{data.X.shape[0]} rows, {data.X.shape[1]} features",
              source=data.info.source, dataset=data.info.name, rows=int(data.X.shape[0]),
              features=int(data.X.shape[1]))
-    target = prepare_target(data.y, recipe.task, data.info.target)
+    target = prepare_target(data.y, recipe.task, data.info.target, recipe.path)
     X_train, X_test, y_train, y_test = split(data.X, target.y, recipe.task, spec)
     log.info("split", f"train/test split: {len(y_train)} train rows, {len(y_test)} held out "
              f"(testSize {spec.test_size}, randomState {spec.random_state})",
@@ -212,6 +217,16 @@ def finish(opts: RunOptions, p: Prepared, model: Any, best: TrialResult | None,
     task = p.recipe.task
     metrics = heldout_metrics(model, task, p.X_test, p.y_test, log)
     score_name = SCORE_NAME[task]
+    if p.scoring is not None and p.scoring != score_name:
+        # The headline score is what the user asked the search to maximise, on the held-out split.
+        from sklearn.metrics import get_scorer
+
+        try:
+            metrics[p.scoring] = float(get_scorer(p.scoring)(model, p.X_test, p.y_test))
+            score_name = p.scoring
+        except ValueError as e:
+            log.warning("metrics", f"{p.scoring} is undefined on the held-out split ({e}); "
+                        f"the score is {score_name}")
     log.info("metrics", "held-out " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
              metrics=metrics)
     metadata = build_metadata(opts, p, model, metrics, score_name, best, results)

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from mlvisor.trainer.artifact import write_failure
 from mlvisor.trainer.estimators import EstimatorRecipe, fit_checked
 from mlvisor.trainer.logs import EventLog
 from mlvisor.trainer.spec import InvalidSpec
@@ -183,9 +184,12 @@ def run_shard(
         for n, trial in enumerate(todo, start=1):
             result = evaluate_trial(recipe, trial, X, y, scoring, folds, random_state, log,
                                     len(trials))
-            f.write(result.to_json() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                f.write(result.to_json() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as e:
+                raise write_failure(e, path, "the trial results to") from e
             done[trial.index] = result
             log.info("trial", f"trial {trial.index + 1} of {len(trials)}: {scoring} "
                      f"{result.score:.4f} with {trial.params}", trial=trial.index,

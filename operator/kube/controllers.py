@@ -13,6 +13,7 @@ becomes an exception that kopf would retry forever.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -49,13 +50,33 @@ Key = tuple[str, str, str]
 
 
 def describe_validation_error(kind: str, error: pydantic.ValidationError) -> str:
-    """'spec.estimator.class: String should match pattern ...' for the first few errors."""
-    parts = []
-    for e in error.errors()[:3]:
-        where = ".".join(str(x) for x in e.get("loc", ()) if x != "__root__") or "spec"
-        parts.append(f"{where}: {e.get('msg', 'invalid')}")
-    more = f" (and {error.error_count() - 3} more)" if error.error_count() > 3 else ""
-    return f"invalid {kind}: " + "; ".join(parts) + more + ". Fix the resource and apply it again."
+    """Every problem, in `mlvisor validate`'s words: 'spec.estimator.class: expected the dotted path ...'."""
+    from mlvisor.operator.resources_cli import describe_validation_error as describe
+
+    return f"invalid {kind}: " + "; ".join(describe(error)) + ". Fix the resource and apply it again."
+
+
+#: Pre-flight verdicts kept per (uid, generation): a spec is judged once per generation.
+PREFLIGHT_CACHE_SIZE = 1024
+
+
+def warm_up_preflight() -> None:
+    """Import what the pre-flight check needs (scikit-learn: seconds) by judging a sample spec once."""
+    started = time.monotonic()
+    try:
+        from mlvisor.trainer.preflight import spec_problems
+    except ImportError as e:
+        logger.warning("no pre-flight check of TrainingJob specs (%s): the trainer judges them in their pod", e)
+        return
+    sample = api.TrainingJobSpec.model_validate({
+        "dataset": {"builtin": "iris"},
+        "estimator": {"class": "sklearn.ensemble.RandomForestClassifier"},
+        "search": {"grid": {"max_depth": [2]}, "scoring": "accuracy"},
+    })
+    problems = spec_problems(sample)
+    if problems:  # the sample is valid: anything else means this install is broken
+        logger.warning("pre-flight check of a valid sample found problems: %s", "; ".join(problems))
+    logger.info("pre-flight check ready in %.1f s", time.monotonic() - started)
 
 
 def _wire_body(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,6 +135,7 @@ class Controllers:
         self.metrics = metrics
         self.clock = clock
         self.applier = PlanApplier(kube, clock)
+        self._preflight: dict[tuple[str | None, int | None], list[str]] = {}
 
     async def reconcile(self, key: Any, since: float | None) -> float | None:
         kind, namespace, name = key
@@ -150,10 +172,33 @@ class Controllers:
             if is_controlled_by(pod, body["metadata"].get("uid"))
         ]
         observed = [observe_pod(pod) for pod in pods]
-        plan = plan_training(job, observed, self.clock(), self.config, artifact_metadata=termination_summary(pods))
+        plan = plan_training(
+            job, observed, self.clock(), self.config,
+            artifact_metadata=termination_summary(pods), preflight=await self.preflight(job),
+        )
         applied = await self.applier.apply(body, plan)
         self._count(TRAINING, body, plan, applied, since)
         return "ok", plan.requeue_after
+
+    async def preflight(self, job: api.TrainingJob) -> list[str]:
+        """The trainer's pre-flight problems of a job that has not started (none once it runs).
+
+        The operator image has scikit-learn, so a typo in a parameter, a bad value or an unknown
+        scorer becomes InvalidSpec before any pod exists, in the words `mlvisor validate` uses.
+        Judged once per generation, in a thread (the first call imports scikit-learn).
+        """
+        if job.status is not None and job.status.version is not None:
+            return []
+        key = (job.metadata.uid, job.metadata.generation)
+        if key not in self._preflight:
+            try:
+                from mlvisor.trainer.preflight import spec_problems
+            except ImportError:  # an operator built without the trainer: the trainer judges at run time
+                return []
+            if len(self._preflight) >= PREFLIGHT_CACHE_SIZE:
+                self._preflight.pop(next(iter(self._preflight)))
+            self._preflight[key] = await asyncio.to_thread(spec_problems, job.spec)
+        return self._preflight[key]
 
     # ------------------------------------------------------------------ ModelServer
 
@@ -190,25 +235,37 @@ class Controllers:
         selector = ",".join(f"{k}={v}" for k, v in builders.server_selector(server).items())
         pods = await self.kube.list(client.core_path("pods", namespace), selector)
         observed = [observe_pod(pod) for pod in pods]
-        source = await self._model_source(server)
-        plan = plan_serving(server, deployment, observed, source, self.clock(), self.config)
+        source, referenced_job = await self._model_source(server)
+        plan = plan_serving(
+            server, deployment, observed, source, self.clock(), self.config, referenced_job=referenced_job
+        )
         applied = await self.applier.apply(body, plan)
         self._count(SERVING, body, plan, applied, since)
         return "ok", plan.requeue_after
 
-    async def _model_source(self, server: api.ModelServer) -> p.ModelRef | None:
-        """The model the spec points at now: the referenced job's status.model, or the URI."""
+    async def _model_source(self, server: api.ModelServer) -> tuple[p.ModelRef | None, p.ReferencedJob | None]:
+        """The model the spec points at now (the referenced job's status.model, or the URI), and that job."""
         if server.spec.model.uri:
-            return p.ModelRef(uri=server.spec.model.uri, version=builders.version_of(server.spec.model.uri))
+            return p.ModelRef(uri=server.spec.model.uri, version=builders.version_of(server.spec.model.uri)), None
         ref = server.spec.model.training_job_ref
         if ref is None:
-            return None
+            return None, None
         path = client.group_path(api.GROUP, api.VERSION, api.PLURALS[TRAINING], server.metadata.namespace, ref.name)
         job = await self._get_or_none(path)
-        model = ((job or {}).get("status") or {}).get("model") or {}
+        if job is None:
+            return None, p.ReferencedJob(exists=False)
+        status = job.get("status") or {}
+        failed = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Failed" and c.get("status") == "True"),
+            None,
+        )
+        referenced = p.ReferencedJob(
+            exists=True, phase=status.get("phase"), message=str(failed.get("message") or "") or None if failed else None
+        )
+        model = status.get("model") or {}
         if not model.get("uri") or not model.get("version"):
-            return None
-        return p.ModelRef(uri=str(model["uri"]), version=str(model["version"]))
+            return None, referenced
+        return p.ModelRef(uri=str(model["uri"]), version=str(model["version"])), referenced
 
     # ------------------------------------------------------------------ ModelPipeline
 

@@ -23,6 +23,8 @@ had in memory.
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 from typing import Any
 
@@ -31,7 +33,7 @@ import kopf
 from mlvisor.operator import api
 from mlvisor.operator.kube import client
 from mlvisor.operator.kube import settings as operator_settings
-from mlvisor.operator.kube.controllers import PIPELINE, SERVING, TRAINING, Controllers, retry_delay
+from mlvisor.operator.kube.controllers import PIPELINE, SERVING, TRAINING, Controllers, retry_delay, warm_up_preflight
 from mlvisor.operator.kube.metrics import Metrics
 from mlvisor.operator.kube.queue import WorkQueue
 from mlvisor.operator.reconcile import plan as p
@@ -83,6 +85,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     memo.kube = kube
     memo.metrics = metrics
     memo.queue = WorkQueue(controllers.reconcile, retryable=retry_delay)
+    # The pre-flight check needs scikit-learn: import it now (seconds), not in the first reconcile.
+    await asyncio.to_thread(warm_up_preflight)
     logger.info(
         "mlvisor operator started: %s",
         ", ".join(options.namespaces) if options.namespaces else "all namespaces",
@@ -120,15 +124,19 @@ async def model_pipeline_event(namespace: str, name: str, memo: kopf.Memo, **_: 
 
 @kopf.on.event(api.GROUP, api.VERSION, "trainingjobs", registry=registry)
 async def training_job_event(
-    namespace: str, name: str, body: Any, meta: Any, memo: kopf.Memo, servers_by_job: kopf.Index[Any, str], **_: Any
+    namespace: str, name: str, body: Any, meta: Any, memo: kopf.Memo, servers_by_job: kopf.Index[Any, str],
+    type: str | None = None, **_: Any
 ) -> None:
     memo.queue.trigger((TRAINING, namespace, name))
     _trigger_pipeline(memo, namespace, meta)
-    model = (body.get("status") or {}).get("model") or {}
-    version = model.get("version")
+    status = body.get("status") or {}
+    version = (status.get("model") or {}).get("version")
+    # Servers care about a new model version, and about the job appearing, failing or going
+    # away (their Ready condition says so: TrainingJobNotFound, TrainingJobFailed).
+    what = None if type == "DELETED" else (version, status.get("phase"))
     seen: dict[tuple[str, str], Any] = memo.setdefault("model_versions", {})
-    if version and seen.get((namespace, name)) != version:
-        seen[(namespace, name)] = version
+    if seen.get((namespace, name), ()) != what:
+        seen[(namespace, name)] = what
         for server in servers_by_job.get((namespace, name), ()):
             memo.queue.trigger((SERVING, namespace, server))
 

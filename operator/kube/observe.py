@@ -60,7 +60,8 @@ def observe_pod(pod: Mapping[str, Any], default_index: int = 0) -> plan.Observed
     The reason is the pod's own ``status.reason`` when set (Evicted, NodeLost, Preempted,
     ... are pod-level), else the container's ``terminated.reason`` (Error, OOMKilled, ...):
     an evicted pod's container usually also reports a plain Error, and classification must
-    see the eviction.
+    see the eviction. The message is the failed container's termination message, else the
+    pod's ``status.message`` when the pod itself was ended (an eviction says why).
     """
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
@@ -76,6 +77,9 @@ def observe_pod(pod: Mapping[str, Any], default_index: int = 0) -> plan.Observed
         str(c.get("type")) for c in status.get("conditions") or [] if str(c.get("status")) == "True"
     )
     restart_count = sum(_int(cs.get("restartCount"), 0) for cs in status.get("containerStatuses") or [])
+    # The container's own words (its termination message, or the log tail the kubelet fell
+    # back to); a succeeded trainer's message is its metadata summary, not a reason.
+    message = str(termination.get("message") or "").strip() if termination and exit_code else ""
     return plan.ObservedPod(
         name=str(meta.get("name", "")),
         index=_worker_index(labels.get(plan.LABEL_WORKER_INDEX), default_index),
@@ -88,6 +92,7 @@ def observe_pod(pod: Mapping[str, Any], default_index: int = 0) -> plan.Observed
         ready="Ready" in conditions,
         deleting=bool(meta.get("deletionTimestamp")),
         model_uri=annotations.get(plan.ANNOTATION_MODEL_URI),
+        message=message or (str(status.get("message") or "").strip() if status.get("reason") else "") or None,
     )
 
 

@@ -82,9 +82,10 @@ def run_command(args: argparse.Namespace) -> int:
 
     resources = []
     problems: list[str] = []
+    data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
     for f in args.files:
         try:
-            resources.extend(load_resources(f))
+            resources.extend(load_resources(f, data_dir=data_dir))
         except ResourceError as e:
             problems.extend(e.problems)
     if problems:
@@ -98,7 +99,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     options = SessionOptions(
         files=[Path(f) for f in args.files],
-        data_dir=(args.data_dir or default_data_dir()).expanduser().resolve(),
+        data_dir=data_dir,
         status_file=args.status_file,
         pid_file=args.pid_file,
         exit_after_ready=args.exit_after_ready or args.predict is not None,

@@ -145,6 +145,7 @@ class ServerPod:
         self.restart_count = 0
         self.last_exit_code: int | None = None
         self.last_reason: str | None = None
+        self.last_message: str | None = None
         self.process: LocalProcess | None = None
         self.port: int | None = None
         self.ready = False
@@ -179,6 +180,7 @@ class ServerPod:
             ready=self.ready,
             deleting=self.stopping,
             model_uri=self.model_uri,
+            message=self.last_message,
         )
 
     def _set_ready(self, ready: bool) -> None:
@@ -228,6 +230,7 @@ class ServerPod:
             self.restart_count += 1
             self.last_exit_code = proc.termination.exit_code
             self.last_reason = proc.termination.reason
+            self.last_message = proc.termination.message
             self._notify()
             if await self._sleep(delay):
                 if self._stop.is_set():
@@ -335,7 +338,9 @@ class LocalDeployment:
         while len(current) < self.desired:
             index = self._free_index(current)
             pod = ServerPod(
-                name=f"{self.name}-{self.current_hash}-{secrets.token_hex(3)[:5]}",
+                # <deployment>-<template hash>-<replica index>-<random>: the index lets
+                # `mlvisor logs ms/NAME --worker N` find replica N's log.
+                name=f"{self.name}-{self.current_hash}-{index}-{secrets.token_hex(3)[:5]}",
                 index=index, template=template, template_hash=self.current_hash,
                 make_spec=self._make_spec, log_dir=self._log_dir, settings=self._settings,
                 notify=self._notify, on_start=self._on_start,

@@ -12,7 +12,13 @@ its env, its volume mounts. What a node would provide is mapped onto the machine
   the host folder (``/models/default/iris`` -> ``<data-dir>/volumes/mlvisor-models/default/iris``),
   except a scratch volume at ``/tmp``, which becomes the child's ``TMPDIR`` (the host's /tmp
   is not the pod's to shadow: a ``file:///tmp/...`` model must stay where it is);
-- ``fieldRef`` env (pod name, namespace, IP) is filled in like the downward API does.
+- ``fieldRef`` env (pod name, namespace, IP) is filled in like the downward API does;
+- the container's termination message file (``terminationMessagePath``, default
+  ``/dev/termination-log``) is a fresh empty file per run whose path the child gets in
+  ``MLVISOR_TERMINATION_MESSAGE_PATH``; after the exit its content is the termination
+  message, and with ``terminationMessagePolicy: FallbackToLogsOnError`` an empty file on a
+  failure falls back to the last lines of this run's log (at most 80 lines / 2048 bytes,
+  the kubelet's limits).
 
 Each process runs in its own session (process group), so stopping a pod stops everything it
 started (SIGTERM to the group, SIGKILL after a grace period) and no orphan survives. A
@@ -41,6 +47,12 @@ PYTHON_PROGRAMS = frozenset({"python", "python3", "/usr/bin/python", "/usr/bin/p
 #: Environment variables of the parent that never leak into a child: a pod only gets
 #: what its manifest says (plus what a node provides: PATH, HOME, locale...).
 _PRIVATE_ENV_PREFIXES = ("MLVISOR_",)
+#: Where the child finds its termination message file (trainer and server read it).
+TERMINATION_MESSAGE_ENV = "MLVISOR_TERMINATION_MESSAGE_PATH"
+#: What a kubelet keeps of a termination message, and of the log it falls back to.
+MAX_TERMINATION_MESSAGE_BYTES = 4096
+FALLBACK_LOG_LINES = 80
+FALLBACK_LOG_BYTES = 2048
 
 
 class ManifestError(ValueError):
@@ -57,6 +69,10 @@ class ProcessSpec:
     cwd: Path
     mounts: Mapping[str, Path] = field(default_factory=dict)
     """mountPath -> host folder, for messages and tests."""
+    termination_message_path: Path | None = None
+    """Host file playing the container's terminationMessagePath (None: no termination message)."""
+    fallback_to_logs: bool = False
+    """terminationMessagePolicy FallbackToLogsOnError."""
 
 
 def _volume_folders(pod: Mapping[str, Any], data_dir: Path, scratch: Path) -> dict[str, Path]:
@@ -185,11 +201,17 @@ def process_spec_for_pod(
             env.setdefault(name, "")
     if tmpdir is not None:
         env["TMPDIR"] = str(tmpdir)
+    termination = scratch / "termination-log"
+    env[TERMINATION_MESSAGE_ENV] = str(termination)
     env.update(env_overrides or {})
     env.setdefault("PYTHONUNBUFFERED", "1")
     cwd = scratch / "work"
     cwd.mkdir(parents=True, exist_ok=True)
-    return ProcessSpec(argv=tuple(command_prefix) + tuple(argv), env=env, cwd=cwd, mounts=mounts)
+    return ProcessSpec(
+        argv=tuple(command_prefix) + tuple(argv), env=env, cwd=cwd, mounts=mounts,
+        termination_message_path=termination,
+        fallback_to_logs=c.get("terminationMessagePolicy") == "FallbackToLogsOnError",
+    )
 
 
 def exit_status(returncode: int) -> tuple[int, str]:
@@ -204,6 +226,8 @@ class Termination:
     exit_code: int
     reason: str
     finished_at: float
+    message: str | None = None
+    """The termination message (file content, or the log tail on error with FallbackToLogsOnError)."""
 
 
 class LocalProcess:
@@ -226,6 +250,7 @@ class LocalProcess:
         self.stopping = False
         self._proc: asyncio.subprocess.Process | None = None
         self._waiter: asyncio.Task[None] | None = None
+        self._log_offset = 0
 
     @property
     def running(self) -> bool:
@@ -233,10 +258,15 @@ class LocalProcess:
 
     async def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        term = self.spec.termination_message_path
+        if term is not None:  # the kubelet creates an empty file for every run of the container
+            term.parent.mkdir(parents=True, exist_ok=True)
+            term.write_bytes(b"")
         with open(self.log_path, "ab") as log:
             if self.log_header:
                 log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {shlex.join(self.spec.argv)}\n".encode())
                 log.flush()
+            self._log_offset = log.tell()
             try:
                 self._proc = await asyncio.create_subprocess_exec(
                     *self.spec.argv,
@@ -267,9 +297,30 @@ class LocalProcess:
         # The leader is gone (just reaped, so its group id is still ours): anything it left
         # behind in its group goes with it.
         self._signal_group(signal.SIGKILL)
-        self.termination = Termination(code, reason, time.time())
+        self.termination = Termination(code, reason, time.time(), self._termination_message(code))
         if self.on_exit:
             self.on_exit(self)
+
+    def _termination_message(self, exit_code: int) -> str | None:
+        """What a kubelet would put in ``terminated.message``."""
+        path = self.spec.termination_message_path
+        if path is None:
+            return None
+        try:
+            message = path.read_bytes()[:MAX_TERMINATION_MESSAGE_BYTES]
+        except OSError:
+            message = b""
+        if not message.strip() and exit_code != 0 and self.spec.fallback_to_logs:
+            try:
+                with open(self.log_path, "rb") as f:
+                    f.seek(self._log_offset)
+                    tail = f.read()
+            except OSError:
+                tail = b""
+            lines = tail.splitlines()[-FALLBACK_LOG_LINES:]
+            message = b"\n".join(lines)[-FALLBACK_LOG_BYTES:]
+        text = message.decode(errors="replace").strip()
+        return text or None
 
     def _signal_group(self, sig: int) -> None:
         if self.pid is None:

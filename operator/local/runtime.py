@@ -58,6 +58,7 @@ from mlvisor.operator.reconcile.plan import (
     OperatorConfig,
     Plan,
     RecordEvent,
+    ReferencedJob,
 )
 
 Resource = api.TrainingJob | api.ModelServer | api.ModelPipeline
@@ -105,6 +106,8 @@ class Event:
     type: str
     reason: str
     message: str
+    log: Path | None = None
+    """Log file of the pod whose failure the event is about (Warnings), when there is one."""
 
 
 class Reporter:
@@ -142,6 +145,7 @@ class WorkerRun:
             exit_code=None if t is None else t.exit_code,
             reason=None if t is None else t.reason,
             deleting=self.deleting,
+            message=None if t is None or t.exit_code == 0 else t.message,
         )
 
 
@@ -171,6 +175,8 @@ class LocalRuntime:
         self._run_id = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._scratch = settings.data_dir / "tmp" / self._run_id
         self._background: set[asyncio.Task[Any]] = set()
+        self.steps = 0
+        """Reconciles of every resource done so far (0: no status is known yet)."""
 
     # ------------------------------------------------------------------ resources
 
@@ -247,7 +253,7 @@ class LocalRuntime:
         resources: list[Resource] = []
         try:
             for f in self.files:
-                resources.extend(load_resources(f))
+                resources.extend(load_resources(f, data_dir=self.settings.data_dir))
         except ResourceError as e:
             self.reporter.problems(["a resource file changed but is not valid; keeping the running resources:",
                                     *e.problems])
@@ -282,6 +288,7 @@ class LocalRuntime:
                 await self._carry_out(key, plan)
             except ManifestError as e:
                 self.reporter.problems([f"{key_str(key)}: {e}"])
+        self.steps += 1
         self.reporter.changed(self)
 
     async def run(self, done: Callable[[], bool], stop: asyncio.Event) -> None:
@@ -369,6 +376,20 @@ class LocalRuntime:
             return None
         return ModelRef(uri=model.uri, version=model.version)
 
+    def referenced_job(self, server: api.ModelServer) -> ReferencedJob | None:
+        """What spec.model.trainingJobRef names, as the planner needs it while there is no model."""
+        ref = server.spec.model.training_job_ref
+        if ref is None:
+            return None
+        key = ("TrainingJob", server.metadata.namespace, ref.name)
+        if key not in self.resources:
+            return ReferencedJob(exists=False)
+        status = self.statuses.get(key)
+        if not isinstance(status, api.TrainingJobStatus):
+            return ReferencedJob(exists=True)
+        failed = next((c for c in status.conditions if c.type == "Failed" and c.status == "True"), None)
+        return ReferencedJob(exists=True, phase=status.phase.value, message=failed.message if failed else None)
+
     def _plan_serving(self, key: Key, now: float) -> Plan:
         from mlvisor.operator.reconcile.serving import plan_serving
 
@@ -376,7 +397,8 @@ class LocalRuntime:
         assert isinstance(server, api.ModelServer)
         dep = self.deployments.get(key)
         observed_dep, pods = (None, []) if dep is None or dep.manifest is None else dep.observe()
-        return plan_serving(server, observed_dep, pods, self.model_source(server), now, self.config)
+        return plan_serving(server, observed_dep, pods, self.model_source(server), now, self.config,
+                            referenced_job=self.referenced_job(server))
 
     def _plan_pipeline(self, key: Key, now: float) -> Plan:
         from mlvisor.operator.reconcile.pipeline import plan_pipeline
@@ -438,7 +460,8 @@ class LocalRuntime:
             elif isinstance(action, DeleteResource):
                 self._delete_child(key, action.kind, action.name)
             elif isinstance(action, RecordEvent):
-                self.reporter.event(Event(time.time(), key, action.type, action.reason, action.message))
+                log = self.failure_log(key, plan.status) if action.type == "Warning" else None
+                self.reporter.event(Event(time.time(), key, action.type, action.reason, action.message, log))
         if plan.status is not None:
             self.statuses[key] = plan.status
         if plan.requeue_after is not None:
@@ -454,6 +477,19 @@ class LocalRuntime:
 
     def _log_dir(self, key: Key) -> Path:
         return self.settings.data_dir / "logs" / key[1] / f"{key[0].lower()}-{key[2]}"
+
+    def log_path(self, key: Key, pod: str) -> Path:
+        """Where the output of a pod of this resource goes (every run of its container, appended)."""
+        return self._log_dir(key) / f"{pod}.log"
+
+    def failure_log(self, key: Key, status: Any) -> Path | None:
+        """The log of the pod named in status.supervision.lastFailure, if it exists."""
+        last = getattr(getattr(status, "supervision", None), "last_failure", None)
+        pod = getattr(last, "pod", None)  # a pipeline's last failure names a child resource, not a pod
+        if not pod:
+            return None
+        path = self.log_path(key, pod)
+        return path if path.is_file() else None
 
     def _started(self, process: LocalProcess) -> None:
         self.processes.append(process)

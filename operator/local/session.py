@@ -77,6 +77,17 @@ def _condition_message(status: dict[str, Any], phase: str) -> str:
     return ""
 
 
+def _why(status: dict[str, Any], phase: str, kind: str) -> str:
+    """The condition that explains a resource that is not where it should be."""
+    if phase in ("Failed", "RolledBack"):
+        return _condition_message(status, phase)
+    if kind == "ModelServer":
+        for c in status.get("conditions") or []:
+            if c.get("type") == "Ready" and c.get("status") != "True":
+                return str(c.get("message") or "")
+    return ""
+
+
 class Session:
     def __init__(
         self, options: SessionOptions, resources: list[api.TrainingJob | api.ModelServer | api.ModelPipeline]
@@ -146,19 +157,20 @@ class Session:
         return code
 
     def _summary(self) -> tuple[bool, list[str]]:
+        """(everything went well, one line per resource); for what did not, why and where its log is."""
         ok = True
         lines = []
-        for key, status in sorted(self.view.doc.items(), key=lambda kv: (not kv[0].startswith("TrainingJob/"), kv[0])):
-            kind, ns, name = key.split("/", 2)
+        for key in sorted(self.runtime.resources, key=lambda k: (k[0] != "TrainingJob", k)):
+            kind, ns, name = key
+            status = self.view.doc.get("/".join(key)) or {}
             phase = status.get("phase", "Pending")
             line = f"{kind} {ns}/{name}: {phase}"
-            owned = tuple(key.split("/", 2)) in self.runtime.owners
+            owned = key in self.runtime.owners
             if kind == "TrainingJob":
                 model = status.get("model") or {}
                 if model.get("metrics"):
                     line += " (" + ", ".join(f"{k}={v:.3f}" for k, v in sorted(model["metrics"].items())) + ")"
-                if phase != "Succeeded" and not owned:
-                    ok = False
+                good = phase == "Succeeded" or owned  # a pipeline's failed run is the pipeline's to judge
             elif kind == "ModelPipeline":
                 if status.get("servingRun"):
                     line += f", serving {status['servingRun']} (version {status.get('servingVersion')}"
@@ -167,17 +179,19 @@ class Session:
                     line += ")"
                 if status.get("url"):
                     line += f" at {status['url']}"
-                if phase != "Serving":
-                    ok = False
+                good = phase == "Serving"
             else:
                 if status.get("url"):
                     line += f" at {status['url']} (model version {status.get('modelVersion')})"
-                if phase != "Ready":
-                    ok = False
-            message = _condition_message(status, phase) if phase in ("Failed", "RolledBack") else ""
+                good = phase == "Ready"
+            message = "" if good else _why(status, phase, kind)
             if message:
                 line += f": {message}"
             lines.append(line)
+            log = self.runtime.failure_log(key, self.runtime.statuses.get(key))
+            if log is not None and (not good or phase == "RolledBack"):
+                lines.append(f"    log of {(status.get('supervision') or {}).get('lastFailure', {}).get('pod')}: {log}")
+            ok = ok and good
         return ok, lines
 
     def _phases(self) -> tuple[dict[str, str], dict[str, str]]:
@@ -225,6 +239,12 @@ class Session:
     async def _outcome(self, stop: asyncio.Event, loop_task: asyncio.Task[None]) -> tuple[int, list[str]]:
         deadline = None if self.options.timeout is None else time.monotonic() + self.options.timeout
         while True:
+            if self.runtime.steps == 0 and not (stop.is_set() or loop_task.done()):
+                # Nothing is known before the first reconcile: "no status yet" is not "ready".
+                stopped = asyncio.ensure_future(stop.wait())
+                await asyncio.wait([loop_task, stopped], timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+                continue
             if stop.is_set() or loop_task.done():
                 if loop_task.done() and loop_task.exception() is not None:
                     raise loop_task.exception()  # type: ignore[misc]

@@ -27,8 +27,11 @@ def _restarts(status: dict[str, Any]) -> str:
 
 
 def _score(status: dict[str, Any]) -> str:
-    """The headline metric (accuracy for classifiers, r2 for regressors), short."""
-    metrics = (status.get("model") or {}).get("metrics") or {}
+    """The headline metric (status.model.score and its name: the search's scoring, else accuracy or r2), short."""
+    model = status.get("model") or {}
+    if model.get("scoreName") and isinstance(model.get("score"), int | float):
+        return f"{model['scoreName']}={model['score']:.3f}"
+    metrics = model.get("metrics") or {}
     for name in ("accuracy", "r2", *sorted(metrics)):
         if name in metrics:
             return f"{name}={metrics[name]:.3f}"
@@ -157,7 +160,10 @@ class TerminalView(Reporter):
 
     def event(self, event: Event) -> None:
         when = dt.datetime.fromtimestamp(event.time).strftime("%H:%M:%S")
-        self._print_above([f"{when} {event.type} {event.reason} {key_str(event.key)}: {event.message}"])
+        line = f"{when} {event.type} {event.reason} {key_str(event.key)}: {event.message}"
+        if event.log is not None:
+            line += f" (log: {event.log})"
+        self._print_above([line])
 
     def problems(self, lines: Sequence[str]) -> None:
         self._erase()

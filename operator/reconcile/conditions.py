@@ -34,6 +34,9 @@ _MICROSECOND = dt.timedelta(microseconds=1)
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
+#: status.supervision.lastFailure.message keeps at most what a kubelet keeps of a termination message.
+MAX_FAILURE_MESSAGE = 4096
+
 
 def from_timestamp(t: float) -> dt.datetime:
     """Epoch seconds -> aware UTC datetime, rounded to the microsecond."""
@@ -112,6 +115,7 @@ def failure_record(
         pod=failure.pod,
         exit_code=failure.exit_code,
         reason=failure.reason,
+        message=failure.message[:MAX_FAILURE_MESSAGE] if failure.message else None,
         action=action,
         time=from_timestamp(now),
     )

@@ -87,6 +87,8 @@ class ObservedPod:
     """metadata.deletionTimestamp is set."""
     model_uri: str | None = None
     """Server pods: the model they were created for (pod annotation mlvisor.dev/model-uri)."""
+    message: str | None = None
+    """Termination message of that last terminated run (why the process said it ended)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,18 @@ class ModelRef:
 
     uri: str
     version: str
+
+
+@dataclass(frozen=True)
+class ReferencedJob:
+    """What the shell found under a ModelServer's spec.model.trainingJobRef (when it has no model yet)."""
+
+    exists: bool
+    """False: no TrainingJob of that name in the namespace."""
+    phase: str | None = None
+    """Its status.phase (Pending, Running, ..., Failed)."""
+    message: str | None = None
+    """Its Failed condition's message, when it failed."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,10 @@ Decisions this module makes (the docs were silent):
 - **Classification.** ModelServers have no failurePolicy field; infrastructure disruptions
   (Evicted, Preempted, NodeLost, NodeShutdown, Terminated, condition DisruptionTarget) are
   restarts that are not counted, exactly as TrainingJob's default policy, and every other
-  exit counts. No exit code means "do not retry" for a server.
+  exit counts, except exit code 4 (``api.EXIT_MODEL_UNLOADABLE``): the server found that its
+  model can never load (checksum, untrusted type, shape, warm-up error) and said why in its
+  termination message, so the supervisor escalates at once (rollback or Failed) instead of
+  counting restarts that cannot help.
 - **Phases.** Loading while the served version has never had every replica ready; Ready
   when it has; Degraded when a version that was Ready has fewer ready replicas than asked
   for; RolledBack while the model source still points at the rejected version; Failed is
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mlvisor.operator import api
 from mlvisor.operator.builders import (
@@ -56,6 +59,7 @@ from mlvisor.operator.reconcile.plan import (
     OperatorConfig,
     Plan,
     RecordEvent,
+    ReferencedJob,
 )
 from mlvisor.operator.supervision import (
     SEEN_FAILURES_KEPT,
@@ -64,6 +68,7 @@ from mlvisor.operator.supervision import (
     SupervisorState,
     Verdict,
     describe_failure,
+    quote_message,
     restarts_in_window,
     supervise_exit,
 )
@@ -75,9 +80,11 @@ Phase = api.ServerPhase
 #: How often to look again while the referenced TrainingJob has no model yet.
 WAITING_FOR_MODEL_REQUEUE_SECONDS = 15.0
 
-#: Infrastructure disruptions restart a server pod without counting (see module docstring).
-SERVER_FAILURE_POLICY: tuple[api.FailurePolicyRule, ...] = tuple(
-    r for r in api.default_failure_policy() if r.action is api.FailureAction.IGNORE
+#: A server that cannot load its model escalates at once; infrastructure disruptions restart
+#: a server pod without counting (see module docstring).
+SERVER_FAILURE_POLICY: tuple[api.FailurePolicyRule, ...] = (
+    api.FailurePolicyRule(on_exit_codes=[api.EXIT_MODEL_UNLOADABLE], action=api.FailureAction.FAIL),
+    *(r for r in api.default_failure_policy() if r.action is api.FailureAction.IGNORE),
 )
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -108,15 +115,20 @@ def plan_serving(
     source: ModelRef | None,
     now: float,
     config: OperatorConfig,
+    *,
+    referenced_job: ReferencedJob | None = None,
 ) -> Plan:
     """Plan one reconcile of ``server`` at ``now`` (epoch seconds).
 
     ``source`` is what spec.model points at now (the shell resolves trainingJobRef to the
     job's status.model, or spec.model.uri to ModelRef(uri, version_of(uri))); None means
-    the job has no model yet. Always returns the whole new status and re-applies the
-    Service and (once there is a model) the Deployment, which are idempotent.
+    the job has no model yet, and ``referenced_job`` then says why: the job does not exist,
+    it failed, or it is still on its way. Always returns the whole new status and re-applies
+    the Service and (once there is a model) the Deployment, which are idempotent.
     """
-    return _ServingReconcile(server, observed_deployment, pods, source, quantize(now), config).run()
+    return _ServingReconcile(
+        server, observed_deployment, pods, source, quantize(now), config, referenced_job
+    ).run()
 
 
 @dataclass
@@ -127,6 +139,7 @@ class _ServingReconcile(ConditionWriter):
     source: ModelRef | None
     now: float
     config: OperatorConfig
+    referenced_job: ReferencedJob | None = None
     status: api.ModelServerStatus = field(init=False)
     actions: list[Action] = field(default_factory=list)
     events: list[RecordEvent] = field(default_factory=list)
@@ -216,8 +229,11 @@ class _ServingReconcile(ConditionWriter):
         if source is None:
             if st.model_uri is None:
                 st.phase = Phase.PENDING
-                message = "waiting for the model: the TrainingJob has not succeeded yet"
-                self._condition("Ready", "False", "WaitingForModel", message)
+                reason, message = self._why_no_model()
+                previous = find_condition(st.conditions, "Ready")
+                if reason != "WaitingForModel" and (previous is None or previous.reason != reason):
+                    self.events.append(RecordEvent("Warning", reason, message))
+                self._condition("Ready", "False", reason, message)
                 self.requeue = WAITING_FOR_MODEL_REQUEUE_SECONDS
                 return False
             return True  # keep serving what we serve
@@ -234,6 +250,25 @@ class _ServingReconcile(ConditionWriter):
             self._condition_false_if_present("RolledBack", "NewModel", message)
             self.events.append(RecordEvent("Normal", "Deploying", message))
         return True
+
+    def _why_no_model(self) -> tuple[str, str]:
+        """(reason, message) of Ready=False while spec.model.trainingJobRef has no model to give."""
+        ref = self.spec.model.training_job_ref
+        job = self.referenced_job
+        name = f"{self.server.metadata.namespace}/{ref.name}" if ref is not None else "?"
+        if job is not None and not job.exists:
+            return (
+                "TrainingJobNotFound",
+                f"spec.model.trainingJobRef.name: there is no TrainingJob {name}; create it, "
+                "or fix the name (this server serves the model once that job succeeds)",
+            )
+        if job is not None and job.phase == api.TrainingPhase.FAILED:
+            why = f": {job.message}" if job.message else ""
+            return (
+                "TrainingJobFailed",
+                f"the TrainingJob {name} failed, so there is no model to serve{why}",
+            )
+        return "WaitingForModel", "waiting for the model: the TrainingJob has not succeeded yet"
 
     def _policy(self) -> Policy:
         sup = self.spec.supervision
@@ -265,6 +300,7 @@ class _ServingReconcile(ConditionWriter):
                         reason=p.reason if final or p.reason not in _POD_LEVEL_REASONS else None,
                         pod_conditions=p.conditions if final else frozenset(),
                         succeeded=p.exit_code == 0,
+                        message=p.message,
                     )
                 )
         return out
@@ -296,11 +332,19 @@ class _ServingReconcile(ConditionWriter):
                     RecordEvent(
                         "Warning",
                         "ServerRestarted",
-                        f"server pod {exit_.pod} terminated ({describe_failure(exit_)}), restart #{exit_.restart_count}; {what}",
+                        f"server pod {exit_.pod} terminated ({describe_failure(exit_)}), restart #{exit_.restart_count}; {what}"
+                        + (f'. It said: "{quote_message(exit_.message)}"' if exit_.message else ""),
                     )
                 )
             elif decision.verdict is Verdict.ESCALATE:
                 escalated = decision
+                if exit_.exit_code == api.EXIT_MODEL_UNLOADABLE and decision.action is api.FailureAction.FAIL:
+                    said = quote_message(exit_.message) or "no reason given (see its log)"
+                    escalated = replace(
+                        decision,
+                        reason="ModelUnloadable",
+                        message=f"server pod {exit_.pod} cannot load model version {st.model_version}: {said}",
+                    )
                 break
         sup.restart_times = [from_timestamp(t) for t in state.restart_times]
         sup.total_restarts = state.total_restarts

@@ -158,15 +158,20 @@ def plan_training(
     config: OperatorConfig,
     *,
     artifact_metadata: Mapping[str, Any] | None = None,
+    preflight: Sequence[str] = (),
 ) -> Plan:
     """Plan one reconcile of ``job`` given its observed pods at ``now`` (epoch seconds).
 
     ``artifact_metadata`` is the artifact's metadata.json as a dict, when the shell can
     read it (the local runtime can, the Kubernetes shell cannot): it fills status.model's
     metrics, score, bestParams and sklearnVersion once the job has succeeded.
+    ``preflight`` is what the shell's pre-flight check (the trainer's, with scikit-learn)
+    found wrong with the spec: before the run starts, any problem fails the job with
+    InvalidSpec and no pod is created. Once a run has started it is ignored (an operator
+    upgraded mid-run never fails a job that the old one accepted).
     Always returns the whole new status; the shells patch only what differs.
     """
-    return _TrainingReconcile(job, observed, quantize(now), config, artifact_metadata).run()
+    return _TrainingReconcile(job, observed, quantize(now), config, artifact_metadata, tuple(preflight)).run()
 
 
 @dataclass
@@ -176,6 +181,7 @@ class _TrainingReconcile(ConditionWriter):
     now: float
     config: OperatorConfig
     artifact_metadata: Mapping[str, Any] | None
+    preflight: tuple[str, ...] = ()
     status: api.TrainingJobStatus = field(init=False)
     actions: list[Action] = field(default_factory=list)
     requeue: list[float] = field(default_factory=list)
@@ -202,6 +208,8 @@ class _TrainingReconcile(ConditionWriter):
             return self._plan()
 
         problems = check_training_spec(self.job, self.config)
+        if st.version is None:
+            problems += list(self.preflight)
         if problems:
             self._fail("InvalidSpec", "; ".join(problems))
             return self._plan()
@@ -461,6 +469,7 @@ class _TrainingReconcile(ConditionWriter):
             reason=pod.reason,
             pod_conditions=pod.conditions,
             succeeded=pod.phase == "Succeeded",
+            message=None if pod.phase == "Succeeded" else pod.message,
         )
 
     def _supervise_exits(self) -> bool:
@@ -576,6 +585,7 @@ class _TrainingReconcile(ConditionWriter):
         score = md.get("score")
         if isinstance(score_name, str) and score_name in metrics:
             model.score = metrics[score_name]
+            model.score_name = score_name[:64]
         elif isinstance(score, int | float) and not isinstance(score, bool) and math.isfinite(score):
             model.score = float(score)
         best = get("best_params", "bestParams")

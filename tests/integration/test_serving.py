@@ -118,3 +118,38 @@ def test_deleting_a_server_removes_its_deployment_and_service(world: World, oper
         and not world.exists("/api/v1/namespaces/default/services/bye"),
         what="children garbage-collected",
     )
+
+
+def test_a_server_that_cannot_load_its_model_rolls_back_on_its_first_exit(world: World, operator) -> None:
+    said = "model /models/default/iris/v2 cannot be loaded: /models/default/iris/v2/model.skops is corrupted or truncated"
+    world.create(MS, "iris", server_spec(V1, supervision={"maxRestarts": 5, "periodSeconds": 300}))
+    rs = ReplicaSetRole(world, "iris")
+    eventually(lambda: world.deployment("iris"), what="the Deployment")
+    serving(world, rs, "iris-v1", V1)
+    eventually(lambda: world.status(MS, "iris").get("lastGoodModelVersion") == "v1", what="v1 Ready")
+    world.patch_spec(MS, "iris", {"model": {"uri": V2}})
+    eventually(lambda: rs.template()["metadata"]["annotations"][ANNOTATION] == V2, what="rolling out v2")
+    rs.start_pod("iris-v2", ready=False)
+    rs.crash("iris-v2", 1, exit_code=4, message=said)  # one exit: maxRestarts 5 is not waited out
+    rolled = world.wait_condition(MS, "iris", "RolledBack", reason="ModelUnloadable")
+    assert "corrupted or truncated" in rolled["message"] and "v2" in rolled["message"]
+    status = world.status(MS, "iris")
+    assert status["modelVersion"] == "v1" and status["supervision"]["lastFailure"]["message"] == said
+    assert "corrupted or truncated" in world.wait_event("iris", "RolledBack")["message"]
+    eventually(lambda: rs.template()["metadata"]["annotations"][ANNOTATION] == V1, what="Deployment back on v1")
+
+
+def test_a_server_whose_training_job_does_not_exist_says_so_until_it_does(world: World, operator) -> None:
+    def ready_because(reason: str):
+        def probe():
+            c = world.condition(MS, "lonely", "Ready")
+            return c if c is not None and c["status"] == "False" and c["reason"] == reason else None
+        return probe
+
+    world.create(MS, "lonely", server_spec(job="nope"))
+    ready = eventually(ready_because("TrainingJobNotFound"), what="Ready=False TrainingJobNotFound")
+    assert "there is no TrainingJob default/nope" in ready["message"]
+    assert world.wait_event("lonely", "TrainingJobNotFound")["type"] == "Warning"
+    world.create(TJ, "nope", {"dataset": {"builtin": "iris"}, "estimator": {"class": "sklearn.svm.SVC"}})
+    # the job's events re-reconcile the server (well before its 15 s re-check)
+    eventually(ready_because("WaitingForModel"), timeout=5, what="Ready=False WaitingForModel once the job exists")

@@ -260,3 +260,33 @@ def test_a_grid_too_large_for_the_operator_gets_invalid_spec(world: World, opera
     assert "spec.search.grid" in failed["message"]
     assert world.wait_event("huge", "InvalidSpec")["type"] == "Warning"
     stays(lambda: world.pods("huge") == {}, 0.5, "no pod for an invalid job")
+
+
+def test_the_preflight_check_refuses_what_scikit_learn_would_refuse_before_any_pod(world: World, operator) -> None:
+    """Passes the CRD (params are free-form) but not scikit-learn: InvalidSpec, every problem named, no pod."""
+    world.create(TJ, "typos", job_spec(
+        estimator={"class": "sklearn.ensemble.RandomForestClassifier", "params": {"n_estimator": 10}},
+        search={"grid": {"max_depth": [2]}, "scoring": "acuracy"},
+    ))
+    failed = world.wait_condition(TJ, "typos", "Failed", reason="InvalidSpec")
+    assert "spec.estimator.params.n_estimator is not a parameter" in failed["message"]
+    assert "(did you mean 'n_estimators'?)" in failed["message"]
+    assert "spec.search.scoring 'acuracy' is not a scikit-learn scorer" in failed["message"]
+    warning = world.wait_event("typos", "InvalidSpec")
+    assert warning["type"] == "Warning" and "n_estimator" in warning["message"]
+    stays(lambda: world.pods("typos") == {}, 1.0, "no pod for a spec scikit-learn refuses")
+    assert operator.proc.poll() is None
+
+
+def test_the_workers_termination_message_is_in_status_condition_and_event(world: World, operator) -> None:
+    """What `kubectl describe tj` shows: the trainer's own reason, not only an exit code."""
+    said = "invalid spec: column 'price' is not in data/houses.csv; columns are: rooms, area"
+    world.create(TJ, "houses", job_spec())
+    world.wait_pod("houses-worker-0-1")
+    world.exit_pod("houses-worker-0-1", 2, message=said)
+    failed = world.wait_condition(TJ, "houses", "Failed", reason="FailurePolicy")
+    assert failed["message"].endswith(f'It said: "{said}"')
+    status = world.status(TJ, "houses")
+    assert status["supervision"]["lastFailure"]["message"] == said
+    assert status["supervision"]["lastFailure"]["exitCode"] == 2
+    assert said in world.wait_event("houses", "FailurePolicy")["message"]

@@ -291,9 +291,12 @@ class ReplicaSetRole:
         self.world.run_pod(name, ready=ready, restart_count=restart_count)
         return name
 
-    def crash(self, name: str, restart_count: int) -> None:
+    def crash(self, name: str, restart_count: int, exit_code: int = 1, message: str | None = None) -> None:
         """The kubelet restarted the container in place: restartCount goes up, lastState says why."""
         container = self.world.pod(name)["spec"]["containers"][0]["name"]
+        terminated: dict[str, Any] = {"exitCode": exit_code, "reason": "Error", "finishedAt": now_iso()}
+        if message is not None:
+            terminated["message"] = message
         self.world.set_pod_status(
             name,
             {
@@ -302,7 +305,7 @@ class ReplicaSetRole:
                 "containerStatuses": [
                     {"name": container, "ready": False, "restartCount": restart_count, "image": "mlvisor:dev",
                      "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-                     "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": now_iso()}}}
+                     "lastState": {"terminated": terminated}}
                 ],
             },
         )

@@ -30,6 +30,7 @@ from mlvisor.operator.reconcile.plan import (
     ObservedResource,
     OperatorConfig,
     Plan,
+    ReferencedJob,
 )
 from mlvisor.operator.reconcile.serving import plan_serving
 from mlvisor.operator.reconcile.training import plan_training
@@ -96,7 +97,8 @@ def training_lives() -> list[Life]:
     life = Life("TrainingJob", _training_spec(activeDeadlineSeconds=3600))
     life.write(plan_training(life.model(), [], T0, CONFIG))
     life.write(plan_training(life.model(), [pod("iris-worker-0-1")], T0 + 1, CONFIG))
-    life.write(plan_training(life.model(), [pod("iris-worker-0-1", phase="Failed", exit_code=1, reason="Error")], T0 + 2, CONFIG))
+    life.write(plan_training(life.model(), [pod("iris-worker-0-1", phase="Failed", exit_code=1, reason="Error",
+                                                message="crash: OSError: no space left on device")], T0 + 2, CONFIG))
     life.write(plan_training(life.model(), [pod("iris-worker-0-1", phase="Failed", exit_code=1)], T0 + 4, CONFIG))
     life.write(plan_training(life.model(), [pod("iris-worker-0-1", phase="Failed", exit_code=1), pod("iris-worker-0-2", attempt=2)], T0 + 5, CONFIG))
     life.write(plan_training(life.model(), [pod("iris-worker-0-1", phase="Failed", exit_code=1), pod("iris-worker-0-2", attempt=2, phase="Failed", exit_code=137, reason="OOMKilled")], T0 + 6, CONFIG))
@@ -110,7 +112,7 @@ def training_lives() -> list[Life]:
     life.write(plan_training(life.model(), shards, T0 + 2, CONFIG))
     select = pod("iris-select-1", index=-1, phase="Succeeded", exit_code=0)
     version = life.body["status"]["version"]
-    metadata = {"version": version, "metrics": {"accuracy": 0.97, "f1_macro": 0.96}, "score_name": "accuracy",
+    metadata = {"version": version, "metrics": {"accuracy": 0.97, "f1_macro": 0.96}, "score_name": "f1_macro",
                 "best_params": {"max_depth": 4, "nested": {"a": [1, 2]}}, "sklearn_version": "1.9.1"}
     life.write(plan_training(life.model(), [*shards, select], T0 + 3, CONFIG, artifact_metadata=metadata))
     assert life.body["status"]["phase"] == "Succeeded"
@@ -152,6 +154,15 @@ def serving_lives() -> list[Life]:
             crashing = pod("iris-b", restart_count=n, exit_code=1, reason="Error", model_uri=v2.uri)
             life.write(plan_serving(life.model(), dep2, [ready, crashing], v2, T0 + 3 + n, CONFIG))
         lives.append(life)
+    # a model that cannot load (exit 4, the server's reason), and a job that does not exist
+    life = Life("ModelServer", {"model": {"trainingJobRef": {"name": "iris"}}})
+    life.write(plan_serving(life.model(), None, [], None, T0, CONFIG, referenced_job=ReferencedJob(exists=False)))
+    life.write(plan_serving(life.model(), None, [], v2, T0 + 1, CONFIG))
+    unloadable = pod("iris-b", restart_count=1, exit_code=4, reason="Error", model_uri=v2.uri,
+                     message="model /models/default/iris/v2 cannot be loaded: checksum mismatch")
+    life.write(plan_serving(life.model(), None, [unloadable], v2, T0 + 2, CONFIG))
+    assert life.body["status"]["supervision"]["lastFailure"]["message"].endswith("checksum mismatch")
+    lives.append(life)
     life = Life("ModelServer", {"model": {"uri": "pvc://mlvisor-models/default/iris/v1/"}})
     status = conditions.invalid_spec_status("ModelServer", 1, "invalid ModelServer: spec.model.uri: file://", T0)
     life.write(Plan(status=status))

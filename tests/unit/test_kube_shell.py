@@ -260,3 +260,18 @@ async def test_a_pipeline_creates_patches_and_deletes_only_its_own_children():
     kube = _ChildKube(_child("p1"))
     await PlanApplier(kube).apply_action(_pipeline_body(), DeleteResource("TrainingJob", "iris-1", "trimmed"), Applied())
     assert kube.writes == [("delete", "/apis/mlvisor.dev/v1alpha1/namespaces/default/trainingjobs/iris-1")]
+def test_a_failed_container_reports_its_termination_message_but_a_success_summary_is_not_a_reason():
+    failed = {"metadata": {"name": "j-worker-0-1"}, "status": {"phase": "Failed", "containerStatuses": [
+        {"restartCount": 0, "state": {"terminated": {"exitCode": 2, "reason": "Error",
+                                                     "message": "invalid spec: spec.estimator.params.n_estimator is not a parameter"}}}]}}
+    assert observe_pod(failed).message == "invalid spec: spec.estimator.params.n_estimator is not a parameter"
+    ok = {"metadata": {"name": "j-worker-0-1"}, "status": {"phase": "Succeeded", "containerStatuses": [
+        {"state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": '{"version": "a"}'}}}]}}
+    assert observe_pod(ok).message is None
+    restarted = {"metadata": {"name": "s-1"}, "status": {"phase": "Running", "containerStatuses": [
+        {"restartCount": 1, "state": {"running": {}},
+         "lastState": {"terminated": {"exitCode": 4, "reason": "Error", "message": "model x cannot be loaded: y"}}}]}}
+    assert observe_pod(restarted).message == "model x cannot be loaded: y"
+    evicted = {"metadata": {"name": "s-2"}, "status": {"phase": "Failed", "reason": "Evicted",
+                                                       "message": "The node was low on resource: memory."}}
+    assert observe_pod(evicted).message == "The node was low on resource: memory."

@@ -269,3 +269,75 @@ def test_scaled_to_zero_by_the_user(replicas: int) -> None:
     plan = s.reconcile([], V1, T0)
     assert deployment(plan)["spec"]["replicas"] == 0
     assert s.cond("Ready").reason == "ScaledToZero"
+
+
+UNLOADABLE = "model /models/ml/iris/bbbb-1 cannot be loaded: /models/ml/iris/bbbb-1/model.skops is corrupted or truncated"
+
+
+def test_a_model_that_cannot_load_rolls_back_on_the_first_exit_with_the_servers_reason() -> None:
+    """Exit code 4 (the server's let-it-crash) escalates at once under the default supervision."""
+    s = Server(make_server())
+    s.reconcile(ready_on(V1), V1, T0)
+    s.reconcile([*ready_on(V1), pod("iris-b-0", V2, ready=False)], V2, T0 + 10)
+    assert s.status.phase == api.ServerPhase.LOADING
+    crashed = pod("iris-b-0", V2, ready=False, restarts=1, exit_code=api.EXIT_MODEL_UNLOADABLE, message=UNLOADABLE)
+    plan = s.reconcile([*ready_on(V1), crashed], V2, T0 + 12)
+    assert s.status.phase == api.ServerPhase.ROLLED_BACK
+    assert served_uri(plan) == V1.uri and s.status.rejected_model_uri == V2.uri
+    rolled = s.cond("RolledBack")
+    assert rolled.reason == "ModelUnloadable" and "corrupted or truncated" in rolled.message
+    assert "cannot load model version bbbb-1" in rolled.message
+    last = s.status.supervision.last_failure
+    assert last is not None and last.exit_code == 4 and last.message == UNLOADABLE
+    warning = [a for a in plan.actions if isinstance(a, RecordEvent) and a.reason == "RolledBack"]
+    assert warning and "corrupted or truncated" in warning[0].message
+
+
+def test_a_model_that_cannot_load_with_nothing_to_roll_back_to_fails_with_the_reason() -> None:
+    s = Server(make_server(replicas=1))
+    s.reconcile([pod("iris-b-0", V2, ready=False)], V2, T0)
+    crashed = pod("iris-b-0", V2, ready=False, restarts=1, exit_code=4, message=UNLOADABLE)
+    plan = s.reconcile([crashed], V2, T0 + 3)
+    assert s.status.phase == api.ServerPhase.FAILED
+    assert s.cond("Failed").reason == "ModelUnloadable" and "corrupted or truncated" in s.cond("Failed").message
+    assert deployment(plan)["spec"]["replicas"] == 0
+
+
+def test_an_ordinary_crash_quotes_what_the_server_said_in_the_restart_event() -> None:
+    s = Server(make_server(replicas=1))
+    s.reconcile([pod("iris-a-0", V1)], V1, T0)
+    plan = s.reconcile([pod("iris-a-0", V1, restarts=1, message="Traceback...\nMemoryError: out of memory")], V1, T0 + 5)
+    (event,) = [a for a in plan.actions if isinstance(a, RecordEvent) and a.reason == "ServerRestarted"]
+    assert event.message.endswith('It said: "MemoryError: out of memory"')
+    assert s.status.phase != api.ServerPhase.ROLLED_BACK
+
+
+def test_a_server_whose_training_job_does_not_exist_says_so_in_its_ready_condition() -> None:
+    from mlvisor.operator.reconcile.plan import ReferencedJob
+
+    s = Server(make_server())
+    plan = plan_serving(s.server, None, [], None, T0, CONFIG, referenced_job=ReferencedJob(exists=False))
+    assert plan.status is not None and plan.status.phase == api.ServerPhase.PENDING
+    ready = find_condition(plan.status.conditions, "Ready")
+    assert ready is not None and ready.reason == "TrainingJobNotFound"
+    assert "spec.model.trainingJobRef.name: there is no TrainingJob ml/iris" in ready.message
+    assert events(plan) == [("Warning", "TrainingJobNotFound")]
+    # Said once: the next reconcile keeps the condition and posts no second Event.
+    s.server = s.server.model_copy(update={"status": plan.status})
+    again = plan_serving(s.server, None, [], None, T0 + 15, CONFIG, referenced_job=ReferencedJob(exists=False))
+    assert events(again) == []
+    # The job appears and runs: back to waiting, quietly.
+    running = plan_serving(s.server, None, [], None, T0 + 30, CONFIG, referenced_job=ReferencedJob(True, "Running"))
+    assert find_condition(running.status.conditions, "Ready").reason == "WaitingForModel"
+
+
+def test_a_server_whose_training_job_failed_quotes_the_jobs_reason() -> None:
+    from mlvisor.operator.reconcile.plan import ReferencedJob
+
+    s = Server(make_server())
+    job = ReferencedJob(exists=True, phase="Failed", message="worker pod iris-worker-0-1 exited with code 2")
+    plan = plan_serving(s.server, None, [], None, T0, CONFIG, referenced_job=job)
+    ready = find_condition(plan.status.conditions, "Ready")
+    assert ready.reason == "TrainingJobFailed"
+    assert ready.message == "the TrainingJob ml/iris failed, so there is no model to serve: worker pod iris-worker-0-1 exited with code 2"
+    assert events(plan) == [("Warning", "TrainingJobFailed")]

@@ -782,3 +782,16 @@ def test_property_replays_never_change_status_nor_duplicate_pods(
             assert creates(plan) == []
             assert w.status.phase == before.status.phase
         terminal_seen = w.status.phase in (api.TrainingPhase.SUCCEEDED, api.TrainingPhase.FAILED)
+
+
+def test_the_workers_own_reason_reaches_the_condition_the_event_and_last_failure() -> None:
+    said = "invalid spec: spec.estimator.params.n_estimator is not a parameter of sklearn.ensemble.RandomForestClassifier (did you mean 'n_estimators'?)"
+    w = World(make_job())
+    w.reconcile(T0)
+    w.fail("iris-worker-0-1", code=2, message=said)
+    plan = w.reconcile(T0 + 1)
+    failed = cond(w.status, "Failed")
+    assert failed.reason == "FailurePolicy" and failed.message.endswith(f'It said: "{said}"')
+    (event,) = [a for a in plan.actions if isinstance(a, RecordEvent) and a.type == "Warning"]
+    assert said in event.message
+    assert w.status.supervision.last_failure is not None and w.status.supervision.last_failure.message == said

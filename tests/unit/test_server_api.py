@@ -165,8 +165,14 @@ BAD_V2 = [
     (b'{"inputs": [{"name": "input-0", "shape": [4], "datatype": "FP64", "data": [1,2,3,4]}]}', "must have shape [N, 4]"),
     (b'{"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP64", "data": [1,2,3,4]}]}', "needs 8 values, data has 4"),
     (b'{"inputs": [{"name": "input-0", "shape": ["1", 4], "datatype": "FP64", "data": [1,2,3,4]}]}', "list of non-negative integers"),
-    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,"2",3,4]}]}', "only numbers; got str"),
-    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,null,3,4]}]}', "only numbers; got NoneType"),
+    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,"2",3,4]}]}', "value '2' at position 1 (row 0, feature 1) is a string, not a number"),
+    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,null,3,4]}]}', "value null at position 1 (row 0, feature 1) is null, not a number"),
+    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,"abc",1.4,0.2]}]}', "value 'abc' at position 1"),
+    (b'{"inputs": {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,2,3,4]}}', "'inputs' must be a list of tensors, got object"),
+    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "INT32", "data": [5.1,3,1,0]}]}', "value 5.1 at position 0 (row 0, feature 0) is not an integer"),
+    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "UINT8", "data": [5,300,1,0]}]}', "value 300 at position 1 (row 0, feature 1) is out of range; UINT8 takes integers in 0..255"),
+    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "UINT8", "data": [5,3,-1,0]}]}', "value -1 at position 2 (row 0, feature 2) is out of range"),
+    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5,3,1,true]}]}', "value true at position 3 (row 0, feature 3) is a boolean"),
     (b'{"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP64", "data": [[1,2,3,4],[1,2]]}]}', "ragged"),
     (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": "1,2,3,4"}]}', "must be a list of numbers"),
     (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,Infinity,3,4]}]}', "infinite value at row 0, feature 1"),
@@ -193,7 +199,9 @@ async def test_bad_v2_requests_are_400_with_message(served: Served, body: bytes,
         ({"rows": [[1, 2, 3, 4]]}, "missing required field 'instances'"),
         ({"instances": [[1, 2, 3]]}, "expected 4 features, got 3"),
         ({"instances": [1, 2, 3, 4]}, "list of rows"),
-        ({"instances": [["a", 2, 3, 4]]}, "only numbers"),
+        ({"instances": [["a", 2, 3, 4]]}, "value 'a' at position 0 (row 0, feature 0) is a string, not a number"),
+        ({"instances": [[1, 2, 3, True]]}, "value true at position 3 (row 0, feature 3) is a boolean"),
+        ({"instances": [[[1, 2], [3, 4]]]}, "expected 4 features, got 2"),
     ],
 )
 async def test_bad_v1_requests_are_400(served: Served, body: dict, message: str) -> None:
@@ -321,3 +329,79 @@ async def test_forest_fast_path_is_bit_identical(tmp_path: Path) -> None:
         assert np.array_equal(labels, model.predict(Xq))
         if proba is not None:
             assert np.array_equal(proba, model.predict_proba(Xq))
+
+
+@pytest.mark.parametrize("kind", ["gb_classifier", "gb_regressor"])
+async def test_models_the_forest_fast_path_does_not_fit_are_served_by_their_own_predict(tmp_path: Path, kind: str) -> None:
+    """GradientBoosting keeps estimators_ as a numpy array: a truth test on it made loading fail forever."""
+    from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
+
+    if kind == "gb_classifier":
+        path, model, X = build_artifact(tmp_path, GradientBoostingClassifier(n_estimators=10, random_state=0))
+    else:
+        path, model, X = build_artifact(tmp_path, GradientBoostingRegressor(n_estimators=10, random_state=0), dataset="diabetes")
+    async for client, _app in _serve(path):
+        await _wait_ready(client)
+        rows = X[::9]
+        r = await client.post("/v2/models/iris/infer", json=v2(rows, ["predict"]))
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == model.predict(rows).tolist()
+
+
+def test_a_fast_path_that_disagrees_or_fails_falls_back_to_the_models_predict(tmp_path: Path, monkeypatch) -> None:
+    from mlvisor.server.runtime import ModelRuntime
+
+    path, model, X = build_artifact(tmp_path)
+    rt, _ = ModelRuntime.load(path)
+    assert rt._forest == "classifier"
+
+    def wrong(self, x, want_labels, want_proba):
+        return np.zeros(len(x), dtype=int), np.zeros((len(x), 3))
+
+    monkeypatch.setattr(ModelRuntime, "_forest_predict", wrong)
+    rt2, _ = ModelRuntime.load(path)  # proven against predict at load: disagrees, so disabled
+    assert rt2._forest is None
+    assert rt2.predict(X[:5], True, False, True)[0].tolist() == model.predict(X[:5]).tolist()
+
+    def broken(self, x, want_labels, want_proba):
+        raise IndexError("a tree of an unexpected shape")
+
+    monkeypatch.setattr(ModelRuntime, "_forest_predict", broken)
+    rt._forest = "classifier"  # as if it had passed the proof: a later failure falls back, once and for all
+    assert rt.predict(X[:5], True, False, True)[0].tolist() == model.predict(X[:5]).tolist()
+    assert rt._forest is None
+
+
+# ----------------------------------------------------------------------------- let it crash
+async def test_an_artifact_that_can_never_load_calls_on_fatal_with_the_reason(tmp_path: Path, monkeypatch) -> None:
+    path, _, _ = build_artifact(tmp_path)
+    data = (path / "model.skops").read_bytes()
+    (path / "model.skops").write_bytes(data[: len(data) // 2])
+    term = tmp_path / "termination-log"
+    term.write_text("")
+    fatal: list[str] = []
+    monkeypatch.setenv("MLVISOR_TERMINATION_MESSAGE_PATH", str(term))
+    app = create_app(Settings(model_dir=path), on_fatal=fatal.append)
+    async with app.router.lifespan_context(app):
+        deadline = time.monotonic() + 20
+        while not fatal and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    assert len(fatal) == 1, fatal
+    assert fatal[0].startswith(f"model {path} cannot be loaded: ") and "corrupted or truncated" in fatal[0]
+    assert term.read_text() == fatal[0]
+
+
+async def test_a_missing_artifact_is_waited_for_and_served_once_it_appears(tmp_path: Path) -> None:
+    """A slow volume: the server stays live, says what it waits for, and never gives up on its own."""
+    fatal: list[str] = []
+    target = tmp_path / "models" / "v1"
+    app = create_app(Settings(model_dir=target, model_name="iris"), on_fatal=fatal.append)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            r = await _wait_ready(client, want=503)
+            assert "waiting for the model" in r.json()["error"] and "does not exist" in r.json()["error"]
+            build_artifact(tmp_path / "models")  # the version appears (atomically, as the trainer writes it)
+            r = await _wait_ready(client, want=200, timeout=30)
+            assert r.json() == {"ready": True}
+    assert fatal == []

@@ -79,7 +79,7 @@ def write_csv(path: Path, text: str) -> None:
                      "valid parameters: bootstrap, ", id="unknown-param"),
         pytest.param(with_(IRIS_RF, estimator={"class": "sklearn.ensemble.RandomForestClassifier",
                                                "params": {"n_estimators": -3}}),
-                     "spec.estimator.params: The 'n_estimators' parameter of "
+                     "spec.estimator.params.n_estimators: The 'n_estimators' parameter of "
                      "RandomForestClassifier must be an int in the range [1, inf)",
                      id="invalid-param-value"),
         pytest.param(with_(IRIS_RF, estimator={"class": "sklearn.svm.LinearSVC",
@@ -96,6 +96,11 @@ def write_csv(path: Path, text: str) -> None:
         pytest.param(with_(IRIS_RF, search={"grid": {"max_depth": [2]}, "scoring": "acuracy"}),
                      "spec.search.scoring 'acuracy' is not a scikit-learn scorer (did you mean "
                      "accuracy", id="scoring"),
+        pytest.param(with_(IRIS_RF, dataset={"builtin": "diabetes"}),
+                     "the target looks continuous: 214 distinct values over 442 rows (2.1 rows per "
+                     "value, e.g. 151, 75, 141): sklearn.ensemble.RandomForestClassifier is a "
+                     "classifier, which needs class labels; choose a regressor such as "
+                     "sklearn.ensemble.RandomForestRegressor", id="classifier-on-integral-measurements"),
         pytest.param(with_(IRIS_RF, workers=2),
                      "spec.workers must be 1 without spec.search", id="api-cross-field"),
         pytest.param(with_(IRIS_RF, testSize=1.5),
@@ -136,15 +141,22 @@ CSV_OK = "a,b,label\n1,2,x\n3,4,y\n5,6,x\n7,8,y\n"
         pytest.param("a,b,label\n1,2,x\n3,4\n", "label", "sklearn.tree.DecisionTreeClassifier",
                      "line 3 has 2 fields, the header has 3", id="ragged"),
         pytest.param(CSV_OK, "label", "sklearn.linear_model.Ridge",
-                     "target column 'label' holds 'x', which is not a number; a regressor needs a "
-                     "numeric target", id="regressor-on-labels"),
+                     "target column 'label' holds 'x', which is not a number: it holds class labels, "
+                     "and sklearn.linear_model.Ridge is a regressor, which needs a numeric target; "
+                     "choose a classifier such as sklearn.ensemble.RandomForestClassifier",
+                     id="regressor-on-labels"),
+        pytest.param(CSV_OK, "label", "sklearn.tree.DecisionTreeRegressor",
+                     "choose a classifier such as sklearn.tree.DecisionTreeClassifier",
+                     id="regressor-on-labels-suggests-its-counterpart"),
         pytest.param("a,label\n1,x\n2,x\n3,x\n", "label", "sklearn.tree.DecisionTreeClassifier",
                      "target column 'label' has 1 distinct value(s); a classifier needs at least 2",
                      id="one-class"),
         pytest.param("a,label\n1,0.5\n2,1.5\n3,0.25\n", "label",
                      "sklearn.tree.DecisionTreeClassifier",
-                     "target column 'label' is continuous (e.g. [0.5]); a classifier needs class "
-                     "labels", id="classifier-on-continuous-target"),
+                     "target column 'label' is continuous (e.g. [0.5]): "
+                     "sklearn.tree.DecisionTreeClassifier is a classifier, which needs class labels "
+                     "(integers or strings); choose a regressor such as "
+                     "sklearn.tree.DecisionTreeRegressor", id="classifier-on-continuous-target"),
         pytest.param("", "label", "sklearn.tree.DecisionTreeClassifier", "the file is empty",
                      id="empty-file"),
     ],

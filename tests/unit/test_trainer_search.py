@@ -163,3 +163,36 @@ def test_the_log_tells_the_story_of_a_search(tmp_path: Path) -> None:
     assert trial["msg"].startswith("trial 1 of 2: accuracy ")
     assert set(trial) >= {"ts", "level", "event", "msg", "trial", "params", "score"}
     assert any(e["event"] == "best_so_far" for e in log)
+
+
+def test_the_score_is_the_scoring_the_search_maximised_and_the_other_metrics_stay(tmp_path: Path) -> None:
+    from sklearn.metrics import f1_score
+
+    from mlvisor.operator.reconcile.plan import OperatorConfig
+    from mlvisor.operator.reconcile.training import plan_training
+    from mlvisor.operator.local.view import table_lines
+    from mlvisor.trainer.artifact import load_artifact
+
+    spec = search_spec(grid={"max_depth": [1, 3]})
+    spec = spec.model_copy(update={"search": spec.search.model_copy(update={"scoring": "f1_macro"})})
+    path, _ = run_mode(tmp_path, spec)
+    assert path is not None
+    meta = read_metadata(path)
+    assert meta.score_name == "f1_macro"
+    assert {"accuracy", "f1_macro", "roc_auc"} <= set(meta.metrics)
+    # the held-out f1_macro of the refitted model, as sklearn computes it
+    from mlvisor.trainer.job import prepare
+
+    p = prepare(RunOptions(spec=spec, output=tmp_path, name="s", version="v1"), EventLog(stream=io.StringIO()))
+    model = load_artifact(path).model
+    assert meta.metrics["f1_macro"] == pytest.approx(f1_score(p.y_test, model.predict(p.X_test), average="macro"))
+
+    # status.model.score and the table show it, named
+    job = api.TrainingJob.model_validate({"metadata": {"name": "s", "uid": "u"}, "spec": spec.to_wire()})
+    done = api.TrainingJobStatus(phase="Succeeded", version="v1", model=api.ModelInfo(uri="pvc://m/default/s/v1/", version="v1"))
+    plan = plan_training(job.model_copy(update={"status": done}), [], 1e9, OperatorConfig(),
+                         artifact_metadata=json.loads((path / "metadata.json").read_text()))
+    model_info = plan.status.model
+    assert model_info.score_name == "f1_macro" and model_info.score == meta.metrics["f1_macro"]
+    assert model_info.metrics["accuracy"] == meta.metrics["accuracy"]
+    assert f"f1_macro={meta.metrics['f1_macro']:.3f}" in table_lines({"TrainingJob/default/s": plan.status.to_wire()})[1]

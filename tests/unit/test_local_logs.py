@@ -1,0 +1,63 @@
+"""`mlvisor logs`: the right pod's log from a `mlvisor run` data directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlvisor.operator.cli import main
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    job = tmp_path / "logs" / "default" / "trainingjob-iris"
+    _write(job / "iris-worker-0-1.log", "--- t start: trainer\nattempt 1 of worker 0: crash\n")
+    _write(job / "iris-worker-0-2.log", "--- t start: trainer\nattempt 2 of worker 0: ok\n")
+    _write(job / "iris-worker-1-1.log", "--- t start: trainer\nworker 1\n")
+    _write(job / "iris-select-1.log", "--- t start: trainer\nselect\n")
+    server = tmp_path / "logs" / "default" / "modelserver-iris"
+    _write(server / "iris-0123456789-0-abcde.log",
+           "--- t1 start: server\nfirst run\nKilled\n--- t2 start: server\nsecond run\n")
+    _write(server / "iris-0123456789-1-fffff.log", "--- t1 start: server\nreplica 1\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "args,shown",
+    [
+        (["tj/iris"], "attempt 2 of worker 0: ok"),
+        (["tj/iris", "--previous"], "attempt 1 of worker 0: crash"),
+        (["trainingjob/iris", "--worker", "1"], "worker 1"),
+        (["TrainingJob/default/iris", "--worker", "select"], "select"),
+        (["ms/iris"], "second run"),
+        (["ms/iris", "--previous"], "first run\nKilled"),
+        (["ms/iris", "--worker", "1"], "replica 1"),
+    ],
+)
+def test_logs_finds_the_pod_and_the_run(data_dir: Path, args: list[str], shown: str, capsys) -> None:
+    assert main(["logs", *args, "--data-dir", str(data_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert shown in out and err.startswith("==> ") and err.strip().endswith(".log <==")
+    if args[0] == "ms/iris" and "--previous" not in args and "--worker" not in args:
+        assert "first run" not in out  # only the current run
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["tj/nope"], "no logs of TrainingJob default/nope under"),
+        (["tj/iris", "--worker", "1", "--previous"], "has had one attempt only"),
+        (["ms/iris", "--worker", "1", "--previous"], "has not been restarted"),
+        (["ms/iris", "--worker", "7"], "no log of replica 7"),
+        (["pod/iris"], "kind must be tj (TrainingJob) or ms (ModelServer)"),
+    ],
+)
+def test_logs_says_what_it_looked_for(data_dir: Path, args: list[str], words: str, capsys) -> None:
+    assert main(["logs", *args, "--data-dir", str(data_dir)]) == 1
+    assert words in capsys.readouterr().err
