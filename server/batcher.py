@@ -16,6 +16,10 @@ and each caller's requested outputs are honoured (``predict_proba`` is computed 
 batch only if someone asked for it; MLServer #514/#903 are the bugs this avoids). A failing
 batch does not poison its neighbours: it is retried one request at a time, so only the
 request that caused the failure gets the error.
+
+The queue is bounded (``max_queue`` requests waiting): past it ``submit`` raises ``Overloaded``
+at once, so overload is answered quickly (503 with Retry-After) instead of with a latency
+that grows without bound.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ class _Item:
     t: float
 
 
+class Overloaded(Exception):
+    """The queue is full: the caller should answer 503 with Retry-After."""
+
+
 def merge(xs: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
     """Concatenate row blocks; return the merged array and the row offsets (len(xs) + 1 of them)."""
     offsets = [0]
@@ -71,12 +79,14 @@ class Batcher:
         max_latency_ms: float,
         on_batch: Callable[[int, int], None] | None = None,
         on_queue: Callable[[int], None] | None = None,
+        max_queue: int = 1_000_000,
     ) -> None:
         self._predict = predict
         self.max_rows = max_batch_size
         self.max_latency = max_latency_ms / 1000.0
         self._on_batch = on_batch or (lambda rows, requests: None)
         self._on_queue = on_queue or (lambda depth: None)
+        self.max_queue = max_queue
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlvisor-predict")
@@ -102,6 +112,9 @@ class Batcher:
 
     # -- callers
     def submit(self, x: np.ndarray, want_labels: bool, want_proba: bool, finite: bool) -> asyncio.Future:
+        """Queue one request; its future resolves to (labels, proba). Raises Overloaded when full."""
+        if len(self._queue) >= self.max_queue:
+            raise Overloaded(f"the server is overloaded: {len(self._queue)} requests are already waiting for a prediction")
         fut = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(x, want_labels, want_proba, finite, fut, time.monotonic()))
         self._on_queue(len(self._queue))

@@ -177,8 +177,6 @@ class ModelRuntime:
         params = payload.get("parameters")
         if params is not None and not isinstance(params, dict):
             raise bad_request("'parameters' must be an object")
-        if params and params.get("binary_data_output"):
-            raise bad_request("binary tensor data is not supported; request JSON outputs (binary_data=False)")
         rid = payload.get("id")
         if rid is not None and not isinstance(rid, str):
             raise bad_request(f"'id' must be a string, got {type(rid).__name__}")
@@ -200,9 +198,6 @@ class ModelRuntime:
                 raise bad_request(f"unknown output {n!r}; model {self.name!r} has outputs: {self.output_list}")
             if n in names:
                 raise bad_request(f"output {n!r} requested twice")
-            p = o.get("parameters")
-            if isinstance(p, dict) and p.get("binary_data"):
-                raise bad_request(f"binary tensor data is not supported for output {n!r}; use binary_data=False")
             names.append(n)
         if not names:
             return self.all_outputs
@@ -230,9 +225,18 @@ class ModelRuntime:
             raise bad_request(f"empty input: input '{iname}' has 0 rows; expected at least 1")
         if rows > max_rows:
             raise bad_request(f"input '{iname}' has {rows} rows; the limit per request is {max_rows}")
-        if not isinstance(data, list):
+        if isinstance(data, np.ndarray):  # binary tensor data (binary.py, grpc_service.py): typed already
+            arr = data.astype(np.float64)
+        elif not isinstance(data, list):
             raise bad_request(f"data of input '{iname}' must be a list of numbers, got {type(data).__name__}")
-        arr = _numeric_array(data, f"input '{iname}'")
+        else:
+            depth = _nesting(data)
+            if depth > len(shape):
+                raise bad_request(
+                    f"data of input '{iname}' is nested {depth} levels deep; shape {_shape_str(shape)} allows at most "
+                    f"{len(shape)} (flat, or one list per row)"
+                )
+            arr = _numeric_array(data, f"input '{iname}'")
         if arr.size != rows * cols:
             raise bad_request(
                 f"input '{iname}' shape {_shape_str(shape)} needs {rows * cols} values, data has {arr.size}"
@@ -338,6 +342,17 @@ def _numeric_array(data: list, what: str) -> np.ndarray:
     elif arr.dtype != np.float64:
         arr = arr.astype(np.float64)
     return arr
+
+
+def _nesting(data: list) -> int:
+    """How deep the first elements of nested lists go (cheap; numpy catches raggedness)."""
+    depth = 0
+    while isinstance(data, list):
+        depth += 1
+        if not data:
+            break
+        data = data[0]
+    return depth
 
 
 def _flatten(data: Any) -> Any:
