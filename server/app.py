@@ -39,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from mlvisor.server import binary
-from mlvisor.server.batcher import Batcher, Overloaded
+from mlvisor.server.batcher import Batcher, Overloaded, RequestTimeout
 from mlvisor.server.errors import ApiError, bad_request
 from mlvisor.server.metrics import MetricsMiddleware, ServerMetrics
 from mlvisor.server.runtime import ModelRuntime, Parsed
@@ -107,6 +107,7 @@ class ServerState:
             on_batch=self.metrics.observe_batch,
             on_queue=self.metrics.queue_depth.set,
             max_queue=s.max_queue,
+            timeout=s.request_timeout_seconds,
         )
         # Everything alive now (FastAPI, sklearn, numpy, the model: ~150k objects) lives for
         # the whole process. Freezing it keeps the cyclic GC from walking it again: without
@@ -143,6 +144,10 @@ class ServerState:
             raise ApiError(503, f"{e}; retry later", retry_after=1) from None
         try:
             return await future
+        except RequestTimeout:
+            t = f"{self.settings.request_timeout_seconds:g}"
+            raise ApiError(503, f"the prediction did not finish within the request timeout of {t} s; retry later",
+                           retry_after=1) from None
         except ValueError as e:  # sklearn's way of rejecting input that passed our checks
             raise bad_request(f"model rejected the input: {e}") from e
         except ApiError:
@@ -171,8 +176,8 @@ class RequestHeaders:
                 self.content_encoding = v
 
 
-async def read_body(receive: Any, headers: RequestHeaders, limit: int) -> bytes:
-    """The body, refusing more than ``limit`` bytes from Content-Length or while streaming (413)."""
+async def read_body(receive: Any, headers: RequestHeaders, limit: int, timeout: float) -> bytes:
+    """The body, refusing more than ``limit`` bytes (413) or a body that takes over ``timeout`` s (408)."""
     cl = headers.content_length
     if cl is not None:
         try:
@@ -183,8 +188,15 @@ async def read_body(receive: Any, headers: RequestHeaders, limit: int) -> bytes:
             raise ApiError(413, f"request body of {n} bytes exceeds the limit of {limit} bytes")
     chunks: list[bytes] = []
     total = 0
+    deadline: float | None = None
     while True:
-        message = await receive()
+        if deadline is None:
+            message = await receive()  # usually the whole body, already buffered by the server
+        else:
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0))
+            except TimeoutError:
+                raise ApiError(408, f"the request body did not arrive within the request timeout of {timeout:g} s") from None
         if message["type"] == "http.disconnect":
             raise ApiError(400, "client disconnected before sending the whole body")
         chunk = message.get("body", b"")
@@ -195,6 +207,8 @@ async def read_body(receive: Any, headers: RequestHeaders, limit: int) -> bytes:
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
+        if deadline is None:
+            deadline = time.monotonic() + timeout
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if headers.content_encoding is not None:
         body = decode_content(body, headers.content_encoding.decode("latin-1").strip().lower(), limit)
@@ -278,28 +292,18 @@ class InferenceRoute:
     async def respond(
         self, raw_headers: RawHeaders, receive: Any, name: str, version: str | None, v1: bool
     ) -> tuple[int, RawHeaders, bytes]:
-        waiting_for = "body"
         try:
-            async with asyncio.timeout(self.timeout):
-                rt = self.state.require(name, version)
-                headers = RequestHeaders(raw_headers)
-                body = await read_body(receive, headers, self.settings.max_body_bytes)
-                waiting_for = "prediction"
-                if v1:
-                    p = rt.parse_v1(parse_json(body), self.settings.max_rows)
-                    labels, _ = await self.state.predict(p)
-                    out = orjson.dumps({"predictions": rt.label_data(labels)}, option=_NUMPY)
-                    return 200, [_JSON_TYPE, (b"content-length", str(len(out)).encode())], out
-                return await self._v2(rt, headers, body)
+            rt = self.state.require(name, version)
+            headers = RequestHeaders(raw_headers)
+            body = await read_body(receive, headers, self.settings.max_body_bytes, self.timeout)
+            if v1:
+                p = rt.parse_v1(parse_json(body), self.settings.max_rows)
+                labels, _ = await self.state.predict(p)
+                out = orjson.dumps({"predictions": rt.label_data(labels)}, option=_NUMPY)
+                return 200, [_JSON_TYPE, (b"content-length", str(len(out)).encode())], out
+            return await self._v2(rt, headers, body)
         except ApiError as e:
             return error_triplet(e)
-        except TimeoutError:
-            t = f"{self.timeout:g}"
-            if waiting_for == "body":
-                return error_triplet(ApiError(408, f"the request body did not arrive within the request timeout of {t} s"))
-            return error_triplet(ApiError(
-                503, f"the prediction did not finish within the request timeout of {t} s; retry later", retry_after=1
-            ))
         except Exception as e:
             log.exception("inference failed")
             return error_triplet(ApiError(500, f"internal server error: {type(e).__name__}: {e}"))

@@ -19,7 +19,10 @@ request that caused the failure gets the error.
 
 The queue is bounded (``max_queue`` requests waiting): past it ``submit`` raises ``Overloaded``
 at once, so overload is answered quickly (503 with Retry-After) instead of with a latency
-that grows without bound.
+that grows without bound. Every request also has a deadline (``timeout`` seconds after it was
+queued): a reaper fails the ones that pass it, queued or in the predict thread, with
+``RequestTimeout``. One timer for all requests instead of one per request, which costs ~4% of
+the CPU per request at high rates.
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ class Overloaded(Exception):
     """The queue is full: the caller should answer 503 with Retry-After."""
 
 
+class RequestTimeout(Exception):
+    """The request waited or ran past its deadline: the caller should answer 503 with Retry-After."""
+
+
 def merge(xs: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
     """Concatenate row blocks; return the merged array and the row offsets (len(xs) + 1 of them)."""
     offsets = [0]
@@ -80,6 +87,7 @@ class Batcher:
         on_batch: Callable[[int, int], None] | None = None,
         on_queue: Callable[[int], None] | None = None,
         max_queue: int = 1_000_000,
+        timeout: float | None = None,
     ) -> None:
         self._predict = predict
         self.max_rows = max_batch_size
@@ -87,6 +95,9 @@ class Batcher:
         self._on_batch = on_batch or (lambda rows, requests: None)
         self._on_queue = on_queue or (lambda depth: None)
         self.max_queue = max_queue
+        self.timeout = timeout
+        self._inflight: list[_Item] = []
+        self._reaper: asyncio.Task | None = None
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlvisor-predict")
@@ -95,20 +106,41 @@ class Batcher:
 
     # -- lifecycle
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="mlvisor-batcher")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="mlvisor-batcher")
+        if self.timeout is not None:
+            self._reaper = loop.create_task(self._reap(self.timeout), name="mlvisor-batch-deadlines")
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Finish what is queued (up to ``drain_timeout`` s), then stop the worker and its thread."""
         deadline = time.monotonic() + drain_timeout
         while self._queue and self._task is not None and not self._task.done() and time.monotonic() < deadline:
             await asyncio.sleep(0.001)
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._task, self._reaper):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         self._executor.shutdown(wait=True)
+
+    async def _reap(self, timeout: float) -> None:
+        """Fail every request older than ``timeout`` (oldest first: the queue is in arrival order)."""
+        tick = min(max(timeout / 10, 0.005), 0.25)
+        q = self._queue
+        while True:
+            await asyncio.sleep(tick)
+            cutoff = time.monotonic() - timeout
+            expired = 0
+            while q and q[0].t <= cutoff:
+                _fail(q.popleft().future, RequestTimeout())
+                expired += 1
+            if expired:
+                self._on_queue(len(q))
+            for it in self._inflight:
+                if it.t <= cutoff:
+                    _fail(it.future, RequestTimeout())
 
     # -- callers
     def submit(self, x: np.ndarray, want_labels: bool, want_proba: bool, finite: bool) -> asyncio.Future:
@@ -167,6 +199,13 @@ class Batcher:
         live = [it for it in batch if not it.future.done()]  # a caller may have gone away
         if not live:
             return
+        self._inflight = live
+        try:
+            await self._execute_live(loop, live)
+        finally:
+            self._inflight = []
+
+    async def _execute_live(self, loop: asyncio.AbstractEventLoop, live: list[_Item]) -> None:
         want_labels = any(it.want_labels for it in live)
         want_proba = any(it.want_proba for it in live)
         finite = all(it.finite for it in live)

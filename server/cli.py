@@ -72,6 +72,7 @@ def serve(args: argparse.Namespace) -> int:
         access_log=level in ("DEBUG", "TRACE"),
         timeout_graceful_shutdown=30,
         server_header=False,
+        proxy_headers=False,  # no proxy sets X-Forwarded-* for a model server; skip the per-request work
     )
     return 0
 
