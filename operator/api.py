@@ -638,6 +638,8 @@ class ModelServerStatus(Model):
     """Ready, Degraded, RolledBack, Failed (by type)."""
     url: str | None = None
     """V2 base URL of the model, e.g. http://iris.default.svc:80/v2/models/iris."""
+    grpc_address: str | None = None
+    """host:port of the V2 gRPC service (inference.GRPCInferenceService), e.g. iris.default.svc:8081; unset when spec.service.grpcPort is 0."""
     model_uri: str | None = None
     """Artifact being served."""
     model_version: str | None = None

@@ -155,6 +155,8 @@ class Session:
             else:
                 if status.get("url"):
                     line += f" at {status['url']} (model version {status.get('modelVersion')})"
+                if status.get("grpcAddress"):
+                    line += f", gRPC at {status['grpcAddress']}"
                 if phase != "Ready":
                     ok = False
             message = _condition_message(status, phase) if phase in ("Failed", "RolledBack") else ""

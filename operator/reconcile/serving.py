@@ -184,6 +184,11 @@ class _ServingReconcile(ConditionWriter):
             f"http://{self.server.metadata.name}.{self.server.metadata.namespace}."
             f"{self.config.service_domain}:{self.spec.service.port}/v2/models/{model_name_of(self.server)}"
         )
+        grpc_port = self.spec.service.grpc_port
+        st.grpc_address = (
+            f"{self.server.metadata.name}.{self.server.metadata.namespace}.{self.config.service_domain}:{grpc_port}"
+            if grpc_port else None
+        )
         live = [p for p in self.pods if not p.deleting]
         st.selector = server_selector_string(self.server)
         st.replicas = len(live)
