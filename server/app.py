@@ -130,7 +130,7 @@ class ServerState:
             raise ApiError(404, f"model {name!r} not found; this server serves {self.model_name!r}")
         rt = self.runtime
         if rt is None:
-            raise ApiError(503, self.reason)
+            raise ApiError(503, self.reason, retry_after=1)
         if version is not None and version != rt.version:
             raise ApiError(404, f"version {version!r} of model {name!r} not found; available: {rt.version!r}")
         return rt
