@@ -196,14 +196,14 @@ def test_server_switched_to_a_broken_artifact_rolls_back_and_keeps_answering(
     mlvisor_run, iris_artifact: Path, broken_artifact: Path, tmp_path: Path
 ) -> None:
     spec = tmp_path / "server.yaml"
-    spec.write_text(SERVER.format(name="rb", uri=iris_artifact, startup=6, max_restarts=1, replicas=1))
+    spec.write_text(SERVER.format(name="rb", uri=iris_artifact, startup=15, max_restarts=1, replicas=1))
     run = mlvisor_run(spec, args=["--no-table", "--restart-delay", "0.1"])
     server = run.wait_for("server Ready on v1", _ready("rb", "v1"))
     url = server["url"]
     assert _predict(url) == [cls for _, cls in KNOWN_ROWS]
 
     # Like `kubectl apply` of a new version of the resource: the runtime re-reads the file.
-    spec.write_text(SERVER.format(name="rb", uri=broken_artifact, startup=6, max_restarts=1, replicas=1))
+    spec.write_text(SERVER.format(name="rb", uri=broken_artifact, startup=15, max_restarts=1, replicas=1))
     answers: list[int] = []
 
     def rolled_back(status: dict) -> dict | None:

@@ -12,6 +12,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+import pytest_asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # for tests.helpers
 
@@ -50,9 +51,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-async def both(tmp_path: Path):
-    path, model, X = build_artifact(tmp_path)
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def both(tmp_path_factory: pytest.TempPathFactory):
+    """One server (HTTP in-process, gRPC on a real port) for the module: the tests only read."""
+    path, model, X = build_artifact(tmp_path_factory.mktemp("grpc"))
     port = _free_port()
     app = create_app(Settings(model_dir=path, host="127.0.0.1", grpc_port=port, max_rows=100, max_latency_ms=20))
     async with app.router.lifespan_context(app):
@@ -83,6 +85,7 @@ def _out(resp: pb.ModelInferResponse, name: str) -> np.ndarray:
     return np.frombuffer(resp.raw_output_contents[i], {"INT64": "<i8", "FP64": "<f8"}[o.datatype]).reshape(list(o.shape))
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_health_and_metadata(both) -> None:
     stub, *_ = both
     assert (await stub.ServerLive(pb.ServerLiveRequest())).live
@@ -99,6 +102,7 @@ async def test_health_and_metadata(both) -> None:
 
 @pytest.mark.parametrize("raw", [True, False], ids=["raw_input_contents", "contents"])
 @pytest.mark.parametrize("datatype", ["FP64", "FP32", "INT64"])
+@pytest.mark.asyncio(loop_scope="module")
 async def test_infer(both, raw: bool, datatype: str) -> None:
     stub, _, model, X, _ = both
     x = np.round(X[::10]) if datatype == "INT64" else X[::10]
@@ -128,6 +132,7 @@ ERRORS = [
 
 
 @pytest.mark.parametrize("case,code,message", ERRORS, ids=[c for c, _, _ in ERRORS])
+@pytest.mark.asyncio(loop_scope="module")
 async def test_errors_map_to_status_codes_with_the_rest_messages(both, case, code, message) -> None:
     stub, *_ = both
     x = np.ones((1, 4))
@@ -162,6 +167,7 @@ async def test_errors_map_to_status_codes_with_the_rest_messages(both, case, cod
     assert e.value.code() == code and message in e.value.details(), e.value.details()
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_grpc_and_rest_callers_share_batches(both) -> None:
     stub, http, model, X, app = both
     batcher = app.state.mlvisor.batcher
