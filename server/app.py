@@ -294,6 +294,12 @@ class InferenceRoute:
     ) -> tuple[int, RawHeaders, bytes]:
         try:
             rt = self.state.require(name, version)
+            batcher = self.state.batcher
+            if batcher is not None and batcher.full():
+                # Refuse before reading or parsing: under overload, shedding must cost less than
+                # serving, or the backlog moves into the sockets and latency grows without bound.
+                raise ApiError(503, f"the server is overloaded: {batcher.max_queue} requests are already waiting "
+                               "for a prediction; retry later", retry_after=1)
             headers = RequestHeaders(raw_headers)
             body = await read_body(receive, headers, self.settings.max_body_bytes, self.timeout)
             if v1:

@@ -171,6 +171,10 @@ class Batcher:
                     _fail(it.future, RequestTimeout())
 
     # -- callers
+    def full(self) -> bool:
+        """True when submit would raise Overloaded: callers can refuse before parsing anything."""
+        return len(self._queue) >= self.max_queue
+
     def submit(self, x: np.ndarray, want_labels: bool, want_proba: bool, finite: bool) -> asyncio.Future:
         """Queue one request; its future resolves to (labels, proba). Raises Overloaded when full."""
         if len(self._queue) >= self.max_queue:

@@ -71,6 +71,10 @@ def serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         access_log=level in ("DEBUG", "TRACE"),
         timeout_graceful_shutdown=30,
+        # Longer than uvicorn's 5 s: on a saturated loop the idle timer of a keep-alive
+        # connection could fire before its next request was read, and closing a socket with
+        # unread data resets it (seen as "connection reset by peer" under overload).
+        timeout_keep_alive=30,
         server_header=False,
         proxy_headers=False,  # no proxy sets X-Forwarded-* for a model server; skip the per-request work
     )
