@@ -27,9 +27,10 @@ install: ## create .venv and install mlvisor with the test extras
 test: ## the whole test suite, exactly as CI runs it
 	.ci/run
 
-bench: ## benchmarks: serving vs MLServer (~12 min), search speedup 1 vs 2 workers (~3 min)
+bench: ## benchmarks: serving vs MLServer (~15 min), search speedup 1 vs 2 workers (~3 min), sustained load (~12 min)
 	$(PYTHON) bench/serving.py --write-readme
 	$(PYTHON) bench/trainer_search.py
+	$(PYTHON) bench/sustained.py
 
 crds: ## regenerate manifests/crds/ from operator/api.py
 	$(PYTHON) -m mlvisor.operator.cli crds --output manifests/crds/

@@ -4,6 +4,9 @@ Usage (from the repository root):
 
     .venv/bin/python bench/serving.py [--duration 10] [--rounds 3] [--write-readme]
 
+The gRPC rows need ``ghz`` (``go install github.com/bojand/ghz/cmd/ghz@v0.120.0``); without it
+they are left out and the run says so.
+
 What it does:
 
 1. Makes sure the peers exist: MLServer 1.7.1 + mlserver-sklearn in its own virtual
@@ -16,6 +19,11 @@ What it does:
    (64 rows, 5 ms), and drives them with wrk (1 thread, one single-row V2 infer body asking
    for ``predict``, read from the same file) at concurrency 1, 8, 32, 128, alternating the two
    servers point by point and round by round. Each point: 2 s warm-up, then ``--duration`` s.
+   Then, at one concurrency each (``--protocol-concurrency``, default 32): mlvisor with binary
+   tensor data over HTTP (request and ``predict`` output binary) against MLServer's JSON REST
+   (MLServer has no binary extension); both servers over V2 gRPC, driven by ghz with the same
+   ModelInfer message (``fp64_contents``); and a large-request row, 1,000 rows per JSON request
+   at ``--large-concurrency`` (default 8), reported in rows/s.
 4. Prints a table of req/s and p50/p99 latency (median over rounds) and the ratios, saves the
    raw numbers in ``bench/results/``, and with ``--write-readme`` replaces the table in
    bench/README.md between the ``serving:begin``/``serving:end`` markers.
@@ -155,18 +163,18 @@ class Proc:
         self._log.close()
 
 
-def start_mlvisor(m: dict, logs: Path) -> tuple[Proc, str]:
-    port = free_port()
+def start_mlvisor(m: dict, logs: Path) -> tuple[Proc, str, str]:
+    port, grpc = free_port(), free_port()
     env = dict(os.environ, MLVISOR_MODEL_DIR=str(m["artifact"]), MLVISOR_HOST="127.0.0.1",
-               MLVISOR_PORT=str(port), MLVISOR_MAX_BATCH_SIZE=str(MAX_BATCH_SIZE),
+               MLVISOR_PORT=str(port), MLVISOR_GRPC_PORT=str(grpc), MLVISOR_MAX_BATCH_SIZE=str(MAX_BATCH_SIZE),
                MLVISOR_MAX_LATENCY_MS=str(MAX_LATENCY_MS), MLVISOR_LOG_LEVEL="warning")
     base = f"http://127.0.0.1:{port}"
     p = Proc("mlvisor", [sys.executable, "-m", "mlvisor.server"], env, base + "/v2/health/ready",
              logs / f"mlvisor-{m['key']}.log", REPO)
-    return p, f"{base}/v2/models/{m['name']}/infer"
+    return p, f"{base}/v2/models/{m['name']}/infer", f"127.0.0.1:{grpc}"
 
 
-def start_mlserver(m: dict, exe: Path, logs: Path) -> tuple[Proc, str]:
+def start_mlserver(m: dict, exe: Path, logs: Path) -> tuple[Proc, str, str]:
     port, grpc, mport = free_port(), free_port(), free_port()
     root = m["mlserver_dir"].parent
     (root / "settings.json").write_text(json.dumps({
@@ -177,19 +185,102 @@ def start_mlserver(m: dict, exe: Path, logs: Path) -> tuple[Proc, str]:
     base = f"http://127.0.0.1:{port}"
     p = Proc("mlserver", [str(exe), "start", str(root)], env, f"{base}/v2/models/{m['name']}/ready",
              logs / f"mlserver-{m['key']}.log", root)
-    return p, f"{base}/v2/models/{m['name']}/infer"
+    return p, f"{base}/v2/models/{m['name']}/infer", f"127.0.0.1:{grpc}"
 
 
 # ----------------------------------------------------------------------------- load
-def run_wrk(wrk: str, url: str, body_file: Path, conc: int, seconds: float) -> dict:
+def run_wrk(wrk: str, url: str, body_file: Path, conc: int, seconds: float, header_length: int | None = None) -> dict:
     argv = [wrk, "-t1", f"-c{conc}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(LUA), url]
-    out = subprocess.run(argv, env=dict(os.environ, WRK_BODY_FILE=str(body_file)), capture_output=True,
-                         text=True, check=True).stdout
+    env = dict(os.environ, WRK_BODY_FILE=str(body_file), WRK_HEADER_LENGTH=str(header_length or ""))
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("WRK_JSON "))
     r = json.loads(line[len("WRK_JSON "):])
     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
     r["errors"] = r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"] + r["non2xx"]
     return r
+
+
+def ghz_path() -> str | None:
+    found = shutil.which("ghz")
+    if found:
+        return found
+    gopath = Path(os.environ.get("GOPATH", Path.home() / "go")) / "bin" / "ghz"
+    return str(gopath) if gopath.exists() else None
+
+
+def grpc_request_file(work: Path) -> tuple[Path, Path]:
+    """(protoset, serialized ModelInferRequest) for ghz: the official descriptor and one request."""
+    from google.protobuf import descriptor_pb2
+
+    from mlvisor.server.grpc_stubs import open_inference_grpc_pb2 as pb
+
+    fd = descriptor_pb2.FileDescriptorProto()
+    pb.DESCRIPTOR.CopyToProto(fd)
+    protoset = work / "oip.protoset"
+    protoset.write_bytes(descriptor_pb2.FileDescriptorSet(file=[fd]).SerializeToString())
+    return protoset, work / "grpc-request.bin"
+
+
+def write_grpc_request(path: Path, name: str, rows: list[list[float]]) -> bytes:
+    from mlvisor.server.grpc_stubs import open_inference_grpc_pb2 as pb
+
+    req = pb.ModelInferRequest(model_name=name)
+    t = req.inputs.add(name="input-0", datatype="FP64", shape=[len(rows), len(rows[0])])
+    t.contents.fp64_contents.extend(v for row in rows for v in row)
+    req.outputs.add(name="predict")
+    data = req.SerializeToString()
+    path.write_bytes(data)
+    return data
+
+
+def run_ghz(ghz: str, target: str, protoset: Path, request: Path, conc: int, seconds: float) -> dict:
+    argv = [ghz, "--insecure", "--protoset", str(protoset), "--call", "inference.GRPCInferenceService/ModelInfer",
+            "-B", str(request), "-c", str(conc), "--connections", "1", "-z", f"{max(1, round(seconds))}s",
+            "--timeout", "10s", "--format", "json", "--skipFirst", "0", target]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    r = json.loads(out)
+    lat = {d["percentage"]: d["latency"] / 1000 for d in r.get("latencyDistribution") or []}
+    ok = (r.get("statusCodeDistribution") or {}).get("OK", 0)
+    total = r.get("count", 0)
+    # ghz closes its connection when the duration ends; the calls then in flight (at most
+    # `conc`) fail with "use of closed network connection": the load generator's, not errors.
+    cut = sum(n for msg, n in (r.get("errorDistribution") or {}).items() if "use of closed network connection" in msg)
+    cut = min(cut, conc)
+    return {"requests": ok, "rps": ok / (r["total"] / 1e9), "p50_us": lat.get(50, 0), "p99_us": lat.get(99, 0),
+            "errors": total - ok - cut, "cut_at_end": cut, "duration_us": r["total"] / 1000,
+            "error_kinds": r.get("errorDistribution") or {}}
+
+
+def grpc_answer(target: str, request: bytes) -> list[int]:
+    import grpc
+
+    from mlvisor.server.grpc_stubs import open_inference_grpc_pb2 as pb
+    from mlvisor.server.grpc_stubs import open_inference_grpc_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        resp = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(pb.ModelInferRequest.FromString(request), timeout=10)
+    out = resp.outputs[0]
+    if resp.raw_output_contents:
+        import numpy as np
+
+        dtype = {"INT64": "<i8", "INT32": "<i4", "FP64": "<f8"}[out.datatype]
+        return [int(v) for v in np.frombuffer(resp.raw_output_contents[0], dtype)]
+    c = out.contents
+    return [int(v) for v in (c.int64_contents or c.int_contents or c.fp64_contents)]
+
+
+def binary_body(work: Path, rows: list[list[float]]) -> tuple[Path, int]:
+    """A binary-tensor V2 request (input and predict output binary) and its JSON header length."""
+    import struct
+
+    head = json.dumps({
+        "inputs": [{"name": "input-0", "shape": [len(rows), len(rows[0])], "datatype": "FP64",
+                    "parameters": {"binary_data_size": 8 * len(rows) * len(rows[0])}}],
+        "outputs": [{"name": "predict", "parameters": {"binary_data": True}}],
+    }).encode()
+    path = work / "body-binary.bin"
+    path.write_bytes(head + b"".join(struct.pack("<d", v) for row in rows for v in row))
+    return path, len(head)
 
 
 def check_same_answer(url_a: str, url_b: str, body: bytes) -> None:
@@ -203,30 +294,45 @@ def check_same_answer(url_a: str, url_b: str, body: bytes) -> None:
 
 
 # ----------------------------------------------------------------------------- report
-def table(results: list[dict], date: str, command: str, concurrency: tuple[int, ...]) -> str:
-    def med(server: str, model: str, conc: int, key: str) -> float:
+SCENARIOS = {
+    # key: (label in the table, mlvisor protocol, MLServer protocol)
+    "json": ("V2 JSON", "HTTP JSON", "HTTP JSON"),
+    "binary": ("binary HTTP", "HTTP binary tensors", "HTTP JSON"),
+    "grpc": ("gRPC", "gRPC", "gRPC"),
+    "rows1000": ("1,000 rows/request", "HTTP JSON", "HTTP JSON"),
+}
+
+
+def table(results: list[dict], date: str, command: str, concurrency: tuple[int, ...], conditions: str = "") -> str:
+    def med(server: str, model: str, scen: str, conc: int, key: str) -> float:
         return statistics.median(r[key] for r in results
-                                 if r["server"] == server and r["model"] == model and r["conc"] == conc)
+                                 if r["server"] == server and r["model"] == model and r["scenario"] == scen and r["conc"] == conc)
 
     lines = [
         f"Run {date} on {platform.node() or 'this host'}: {os.cpu_count()} vCPU, Python {platform.python_version()}; "
-        f"both servers and wrk on the same host; median of the rounds.",
+        f"both servers and the load generators on the same host; median of the rounds.{conditions}",
         "",
         f"Command: `{command}`",
         "",
-        "| model | conc | mlvisor req/s | MLServer req/s | throughput ratio | mlvisor p50 / p99 ms"
+        "| model | request | conc | mlvisor req/s | MLServer req/s | throughput ratio | mlvisor p50 / p99 ms"
         " | MLServer p50 / p99 ms | p99 ratio (mlvisor/MLServer) | errors (mlvisor/MLServer) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model in dict.fromkeys(r["model"] for r in results):
-        for conc in concurrency:
-            a_rps, b_rps = med("mlvisor", model, conc, "rps"), med("mlserver", model, conc, "rps")
-            a50, a99 = med("mlvisor", model, conc, "p50_us") / 1000, med("mlvisor", model, conc, "p99_us") / 1000
-            b50, b99 = med("mlserver", model, conc, "p50_us") / 1000, med("mlserver", model, conc, "p99_us") / 1000
-            ea = sum(r["errors"] for r in results if r["server"] == "mlvisor" and r["model"] == model and r["conc"] == conc)
-            eb = sum(r["errors"] for r in results if r["server"] == "mlserver" and r["model"] == model and r["conc"] == conc)
+        points = list(dict.fromkeys((r["scenario"], r["conc"]) for r in results if r["model"] == model))
+        for scen, conc in points:
+            label, ours, theirs = SCENARIOS[scen]
+            request = label if ours == theirs else f"{label} (MLServer: {theirs})"
+            a_rps, b_rps = med("mlvisor", model, scen, conc, "rps"), med("mlserver", model, scen, conc, "rps")
+            a50, a99 = med("mlvisor", model, scen, conc, "p50_us") / 1000, med("mlvisor", model, scen, conc, "p99_us") / 1000
+            b50, b99 = med("mlserver", model, scen, conc, "p50_us") / 1000, med("mlserver", model, scen, conc, "p99_us") / 1000
+            ea = sum(r["errors"] for r in results if r["server"] == "mlvisor" and r["model"] == model and r["scenario"] == scen and r["conc"] == conc)
+            eb = sum(r["errors"] for r in results if r["server"] == "mlserver" and r["model"] == model and r["scenario"] == scen and r["conc"] == conc)
+            rate = lambda v: f"{v:,.0f}"  # noqa: E731
+            if scen == "rows1000":
+                rate = lambda v: f"{v * 1000:,.0f} rows/s"  # noqa: E731
             lines.append(
-                f"| {model} | {conc} | {a_rps:,.0f} | {b_rps:,.0f} | **{a_rps / b_rps:.2f}x** | {a50:.2f} / {a99:.2f}"
+                f"| {model} | {request} | {conc} | {rate(a_rps)} | {rate(b_rps)} | **{a_rps / b_rps:.2f}x** | {a50:.2f} / {a99:.2f}"
                 f" | {b50:.2f} / {b99:.2f} | {a99 / b99:.2f} | {ea} / {eb} |"
             )
     return "\n".join(lines)
@@ -251,12 +357,21 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=2, help="seconds of warm-up load before each point")
     ap.add_argument("--rounds", type=int, default=3, help="rounds over all points; the table shows medians")
     ap.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    ap.add_argument("--protocol-concurrency", type=int, default=32, help="concurrency of the binary and gRPC rows")
+    ap.add_argument("--large-concurrency", type=int, default=8, help="concurrency of the 1,000-rows row")
+    ap.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     ap.add_argument("--models", nargs="+", default=["RandomForest(100)", "LogisticRegression"])
     ap.add_argument("--write-readme", action="store_true", help="replace the table in bench/README.md")
+    ap.add_argument("--conditions", default="", help="a sentence on the machine's load during the run, for the table")
     args = ap.parse_args()
     concurrency = tuple(args.concurrency)
 
     exe, wrk = ensure_mlserver(), ensure_wrk()
+    ghz = ghz_path()
+    scenarios = list(args.scenarios)
+    if "grpc" in scenarios and ghz is None:
+        log("ghz not found (go install github.com/bojand/ghz/cmd/ghz@v0.120.0): leaving out the gRPC rows")
+        scenarios.remove("grpc")
     RESULTS.mkdir(exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     work = RESULTS / f"serving-{stamp}"
@@ -266,35 +381,63 @@ def main() -> int:
     body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": ROW}],
                        "outputs": [{"name": "predict"}]}).encode()
     body_file.write_bytes(body)
+    big_rows = [[ROW[j] + 0.01 * (i % 50) for j in range(4)] for i in range(1000)]
+    big_file = work / "body-1000.json"
+    big_file.write_bytes(json.dumps({"inputs": [{"name": "input-0", "shape": [1000, 4], "datatype": "FP64",
+                                                  "data": [v for r in big_rows for v in r]}],
+                                     "outputs": [{"name": "predict"}]}).encode())
+    bin_file, bin_header = binary_body(work, [ROW])
+    protoset, grpc_file = grpc_request_file(work)
+    points = [("json", c) for c in concurrency if "json" in scenarios]
+    points += [(sc, args.protocol_concurrency) for sc in ("binary", "grpc") if sc in scenarios]
+    points += [("rows1000", args.large_concurrency)] if "rows1000" in scenarios else []
     results: list[dict] = []
     for label in args.models:
         m = models[label]
         procs = []
         try:
-            a, url_a = start_mlvisor(m, work)
+            a, url_a, grpc_a = start_mlvisor(m, work)
             procs.append(a)
-            b, url_b = start_mlserver(m, exe, work)
+            b, url_b, grpc_b = start_mlserver(m, exe, work)
             procs.append(b)
             a.wait_ready()
             b.wait_ready()
             check_same_answer(url_a, url_b, body)
-            urls = {"mlvisor": url_a, "mlserver": url_b}
+            grpc_body = write_grpc_request(grpc_file, m["name"], [ROW])
+            if "grpc" in scenarios:
+                assert grpc_answer(grpc_a, grpc_body) == grpc_answer(grpc_b, grpc_body), "gRPC answers differ"
+            urls = {"mlvisor": (url_a, grpc_a), "mlserver": (url_b, grpc_b)}
+
+            def measure(server: str, scen: str, conc: int, seconds: float) -> dict:
+                url, target = urls[server]
+                if scen == "grpc":
+                    return run_ghz(ghz, target, protoset, grpc_file, conc, seconds)  # type: ignore[arg-type]
+                if scen == "binary" and server == "mlvisor":
+                    return run_wrk(wrk, url, bin_file, conc, seconds, header_length=bin_header)
+                return run_wrk(wrk, url, big_file if scen == "rows1000" else body_file, conc, seconds)
+
             for rnd in range(args.rounds):
-                for conc in concurrency:
-                    order = ["mlvisor", "mlserver"] if (rnd + conc) % 2 == 0 else ["mlserver", "mlvisor"]
+                for i, (scen, conc) in enumerate(points):
+                    order = ["mlvisor", "mlserver"] if (rnd + i) % 2 == 0 else ["mlserver", "mlvisor"]
                     for server in order:
-                        run_wrk(wrk, urls[server], body_file, conc, args.warmup)
-                        r = run_wrk(wrk, urls[server], body_file, conc, args.duration)
-                        r.update(server=server, model=label, conc=conc, round=rnd)
+                        measure(server, scen, conc, args.warmup)
+                        r = measure(server, scen, conc, args.duration)
+                        r.update(server=server, model=label, scenario=scen, conc=conc, round=rnd, load=os.getloadavg()[0])
                         results.append(r)
-                        log(f"{label} c{conc} round {rnd} {server}: {r['rps']:,.0f} req/s "
-                            f"p50 {r['p50_us'] / 1000:.2f} ms p99 {r['p99_us'] / 1000:.2f} ms errors {r['errors']}")
+                        log(f"{label} {scen} c{conc} round {rnd} {server}: {r['rps']:,.0f} req/s "
+                            f"p50 {r['p50_us'] / 1000:.2f} ms p99 {r['p99_us'] / 1000:.2f} ms errors {r['errors']} "
+                            f"(load {r['load']:.1f})")
         finally:
             for p in procs:
                 p.stop()
     (RESULTS / f"serving-{stamp}.json").write_text(json.dumps(results, indent=1))
-    command = f"{os.path.relpath(sys.executable, REPO)} bench/serving.py " + " ".join(sys.argv[1:])
-    text = table(results, dt.date.today().isoformat(), command.strip(), concurrency)
+    command = f"{os.path.relpath(sys.executable, REPO)} bench/serving.py " + " ".join(
+        a for a in sys.argv[1:] if not a.startswith("--conditions"))
+    loads = [r["load"] for r in results]
+    conditions = args.conditions or (
+        f" 1-minute load average during the run {min(loads):.1f} to {max(loads):.1f} (2 = both cores busy)."
+    )
+    text = table(results, dt.date.today().isoformat(), command.strip(), concurrency, " " + conditions.strip())
     print(text)
     if args.write_readme:
         write_readme(text)

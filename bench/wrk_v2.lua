@@ -5,6 +5,12 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
+-- Binary tensor data: the length of the JSON header that starts the body (WRK_HEADER_LENGTH).
+local header_length = os.getenv("WRK_HEADER_LENGTH")
+if header_length ~= nil and header_length ~= "" then
+  wrk.headers["Inference-Header-Content-Length"] = header_length
+  wrk.headers["Content-Type"] = "application/octet-stream"
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

@@ -569,12 +569,29 @@ class ServiceType(enum.StrEnum):
 
 
 class ServiceSpec(Model):
-    """The Service in front of the server pods."""
+    """The Service in front of the server pods: V2 REST on port, V2 gRPC on grpcPort."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "self.grpcPort == 0 || self.grpcPort != self.port",
+                "spec.service.grpcPort must differ from spec.service.port (or be 0 to turn gRPC off)",
+            )
+        )
+    )
 
     type: ServiceType = ServiceType.CLUSTER_IP
     """ClusterIP, NodePort or LoadBalancer."""
     port: int = Field(80, ge=1, le=65535)
-    """Port of the Service."""
+    """Port of the Service for HTTP: the V2 REST API (JSON and binary tensors), V1 predict, health and metrics."""
+    grpc_port: int = Field(8081, ge=0, le=65535)
+    """Port of the Service for the V2 gRPC API (inference.GRPCInferenceService, HTTP/2 cleartext); 0 turns gRPC off in the server pods too."""
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServiceSpec:
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError("spec.service.grpcPort must differ from spec.service.port (or be 0 to turn gRPC off)")
+        return self
 
 
 class OnExhausted(enum.StrEnum):
@@ -603,13 +620,13 @@ class ModelServerSpec(Model):
     model_name: str | None = Field(None, pattern=MODEL_NAME)
     """Name in the V2 URL (/v2/models/<modelName>); default: metadata.name."""
     replicas: int = Field(1, ge=0, le=100)
-    """Number of server pods."""
+    """Number of server pods. The scale subresource: kubectl scale modelserver/<name> --replicas=N and a HorizontalPodAutoscaler set it; a change rolls out (pods added or removed) and is never counted as a restart."""
     image: str = Field("", max_length=512)
     """Container image of the server; empty: the operator's own image."""
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements, json_schema_extra={"default": {}}
     )
-    """Compute resources of each server container."""
+    """Compute resources of each server container (a CPU request is what a HorizontalPodAutoscaler's utilization target is measured against)."""
     batching: Batching = Field(default_factory=Batching, json_schema_extra={"default": {}})
     """Adaptive micro-batching."""
     startup_timeout_seconds: int = Field(120, ge=1, le=3600)
@@ -626,6 +643,7 @@ class ServerPhase(enum.StrEnum):
     PENDING = "Pending"
     LOADING = "Loading"
     READY = "Ready"
+    SCALING = "Scaling"
     DEGRADED = "Degraded"
     ROLLED_BACK = "RolledBack"
     FAILED = "Failed"
@@ -637,11 +655,13 @@ class ModelServerStatus(Model):
     observed_generation: int | None = None
     """metadata.generation this status reflects."""
     phase: ServerPhase = ServerPhase.PENDING
-    """Pending, Loading, Ready, Degraded, RolledBack or Failed."""
+    """Pending, Loading, Ready, Scaling (a replica count change rolls out), Degraded, RolledBack or Failed."""
     conditions: list[Condition] = Field(default_factory=list)
     """Ready, Degraded, RolledBack, Failed (by type)."""
     url: str | None = None
     """V2 base URL of the model, e.g. http://iris.default.svc:80/v2/models/iris."""
+    grpc_address: str | None = None
+    """host:port of the V2 gRPC service (inference.GRPCInferenceService), e.g. iris.default.svc:8081; unset when spec.service.grpcPort is 0."""
     model_uri: str | None = None
     """Artifact being served."""
     model_version: str | None = None
@@ -653,9 +673,13 @@ class ModelServerStatus(Model):
     rejected_model_uri: str | None = None
     """Artifact that was rolled back from; not deployed again until the model source changes."""
     replicas: int = 0
-    """Server pods that exist."""
+    """Server pods that exist (not terminating); the scale subresource's current replica count."""
     ready_replicas: int = 0
     """Server pods that are ready."""
+    selector: str | None = None
+    """Label selector of the server pods, as a string (the scale subresource's selector, which a HorizontalPodAutoscaler uses to find the pods)."""
+    last_ready_replicas: int | None = None
+    """spec.replicas when every replica of the served version was last ready; a larger spec.replicas is a scale-up rolling out (phase Scaling), not a degradation."""
     supervision: SupervisionStatus = Field(default_factory=SupervisionStatus)
     """Restart history and the last failure."""
 

@@ -58,6 +58,7 @@ __all__ = [
     "select_pod_name",
     "server_labels",
     "server_selector",
+    "server_selector_string",
     "version_of",
     "worker_index_label",
     "worker_labels",
@@ -434,6 +435,10 @@ def build_server_deployment(
         model_dir = path
 
     startup_failures = max(1, math.ceil(spec.startup_timeout_seconds / STARTUP_PROBE_PERIOD_SECONDS))
+    grpc = spec.service.grpc_port != 0
+    ports = [{"name": "http", "containerPort": config.server_port, "protocol": "TCP"}]
+    if grpc:
+        ports.append({"name": "grpc", "containerPort": config.server_grpc_port, "protocol": "TCP"})
     container = {
         "name": "server",
         "image": spec.image or config.image,
@@ -447,10 +452,11 @@ def build_server_deployment(
                 ("MLVISOR_HOST", "0.0.0.0"),
                 ("MLVISOR_MAX_BATCH_SIZE", str(spec.batching.max_batch_size)),
                 ("MLVISOR_MAX_LATENCY_MS", f"{spec.batching.max_latency_ms:g}"),
+                ("MLVISOR_GRPC_PORT", str(config.server_grpc_port if grpc else 0)),
                 ("PYTHONUNBUFFERED", "1"),
             ]
         ),
-        "ports": [{"name": "http", "containerPort": config.server_port, "protocol": "TCP"}],
+        "ports": ports,
         "startupProbe": _http_probe("/v2/health/ready", STARTUP_PROBE_PERIOD_SECONDS, startup_failures),
         "readinessProbe": _http_probe("/v2/health/ready", 5, 3),
         "livenessProbe": _http_probe("/v2/health/live", 10, 3),
@@ -488,8 +494,15 @@ def build_server_deployment(
 
 
 def build_server_service(server: api.ModelServer, config: OperatorConfig) -> dict[str, Any]:
-    """The Service ``<server>`` in front of the server pods (spec.service type and port -> http)."""
+    """The Service ``<server>`` in front of the server pods: spec.service.port -> http, grpcPort -> grpc."""
     svc = server.spec.service
+    ports: list[dict[str, Any]] = [{"name": "http", "port": svc.port, "targetPort": "http", "protocol": "TCP"}]
+    if svc.grpc_port:
+        # appProtocol tells meshes and gateways that this port speaks HTTP/2 without TLS (gRPC).
+        ports.append(
+            {"name": "grpc", "port": svc.grpc_port, "targetPort": "grpc", "protocol": "TCP",
+             "appProtocol": "kubernetes.io/h2c"}
+        )
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -497,9 +510,14 @@ def build_server_service(server: api.ModelServer, config: OperatorConfig) -> dic
         "spec": {
             "type": svc.type.value,
             "selector": server_selector(server),
-            "ports": [{"name": "http", "port": svc.port, "targetPort": "http", "protocol": "TCP"}],
+            "ports": ports,
         },
     }
+
+
+def server_selector_string(server: api.ModelServer) -> str:
+    """server_selector as a label-selector string (status.selector, read by the scale subresource)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(server_selector(server).items()))
 
 
 # --------------------------------------------------------------------------- model pipeline

@@ -169,6 +169,20 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
 }
 
 
+#: Subresources per kind: status for both; ModelServer also has scale (kubectl scale, HPA).
+SUBRESOURCES: dict[str, dict[str, Any]] = {
+    "TrainingJob": {"status": {}},
+    "ModelServer": {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    },
+}
+
+
 def crd(kind: str) -> dict[str, Any]:
     """The CustomResourceDefinition of one kind (TrainingJob, ModelServer or ModelPipeline)."""
     plural = api.PLURALS[kind]
@@ -195,7 +209,7 @@ def crd(kind: str) -> dict[str, Any]:
                     "name": api.VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": SUBRESOURCES.get(kind, {"status": {}}),
                     "additionalPrinterColumns": PRINTER_COLUMNS[kind],
                     "schema": {"openAPIV3Schema": _top_schema(kind)},
                 }

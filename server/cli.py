@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-dir", help=f"artifact version directory (env {env['model_dir']})")
     p.add_argument("--model-name", help=f"V2 model name; default metadata.name (env {env['model_name']})")
     p.add_argument("--host", help=f"bind address; default 0.0.0.0 (env {env['host']})")
-    p.add_argument("--port", type=int, help=f"default 8080 (env {env['port']})")
+    p.add_argument("--port", type=int, help=f"HTTP port; default 8080 (env {env['port']})")
+    p.add_argument("--grpc-port", type=int, help=f"V2 gRPC port, 0 disables gRPC; default 8081 (env {env['grpc_port']})")
     p.add_argument(
         "--max-batch-size", type=int, help=f"rows per merged predict call, 1 = no batching; default 64 (env {env['max_batch_size']})"
     )
@@ -33,6 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-body-bytes", type=int, help=f"larger bodies get 413; default 8 MiB (env {env['max_body_bytes']})")
     p.add_argument("--max-rows", type=int, help=f"rows allowed per request; default 10000 (env {env['max_rows']})")
+    p.add_argument(
+        "--max-queue", type=int, help=f"requests waiting for a predict call before 503 + Retry-After; default 256 (env {env['max_queue']})"
+    )
+    p.add_argument(
+        "--request-timeout-seconds", type=float,
+        help=f"longest a request may take (upload, queue, predict); default 30 (env {env['request_timeout_seconds']})",
+    )
     p.add_argument("--log-level", help=f"critical|error|warning|info|debug|trace; default info (env {env['log_level']})")
 
 
@@ -77,7 +85,12 @@ def serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         access_log=level in ("DEBUG", "TRACE"),
         timeout_graceful_shutdown=30,
+        # Longer than uvicorn's 5 s: on a saturated loop the idle timer of a keep-alive
+        # connection could fire before its next request was read, and closing a socket with
+        # unread data resets it (seen as "connection reset by peer" under overload).
+        timeout_keep_alive=30,
         server_header=False,
+        proxy_headers=False,  # no proxy sets X-Forwarded-* for a model server; skip the per-request work
     )
     server = uvicorn.Server(config)
     server.run()

@@ -15,10 +15,13 @@ from typing import Any
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8080
+DEFAULT_GRPC_PORT = 8081
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_MAX_LATENCY_MS = 5.0
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_ROWS = 10_000
+DEFAULT_MAX_QUEUE = 256
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 30.0
 DEFAULT_LOG_LEVEL = "info"
 
 
@@ -33,6 +36,8 @@ class Settings:
     """V2 model name; None means metadata.name."""
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    grpc_port: int = DEFAULT_GRPC_PORT
+    """Port of the V2 gRPC service (inference.GRPCInferenceService); 0 disables it."""
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     """Rows per merged predict call; 1 disables batching (predictions still run off the loop)."""
     max_latency_ms: float = DEFAULT_MAX_LATENCY_MS
@@ -40,11 +45,19 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_rows: int = DEFAULT_MAX_ROWS
     """Rows allowed in one request."""
+    max_queue: int = DEFAULT_MAX_QUEUE
+    """Requests allowed to wait for a predict call; one more is answered 503 with Retry-After."""
+    request_timeout_seconds: float = DEFAULT_REQUEST_TIMEOUT_SECONDS
+    """Longest a request may take (body upload, queueing, prediction) before it is answered with an error."""
     log_level: str = DEFAULT_LOG_LEVEL
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise SettingsError(f"port must be in 1..65535, got {self.port}")
+        if not 0 <= self.grpc_port < 65536:
+            raise SettingsError(f"gRPC port must be in 1..65535, or 0 to disable gRPC; got {self.grpc_port}")
+        if self.grpc_port == self.port:
+            raise SettingsError(f"gRPC port and HTTP port must differ; both are {self.port}")
         if self.max_batch_size < 1:
             raise SettingsError(f"max batch size must be >= 1, got {self.max_batch_size}")
         if self.max_latency_ms < 0:
@@ -53,6 +66,10 @@ class Settings:
             raise SettingsError(f"max body bytes must be >= 1, got {self.max_body_bytes}")
         if self.max_rows < 1:
             raise SettingsError(f"max rows must be >= 1, got {self.max_rows}")
+        if self.max_queue < 1:
+            raise SettingsError(f"max queue must be >= 1, got {self.max_queue}")
+        if not self.request_timeout_seconds > 0:
+            raise SettingsError(f"request timeout must be > 0 seconds, got {self.request_timeout_seconds}")
         if self.log_level.lower() not in {"critical", "error", "warning", "info", "debug", "trace"}:
             raise SettingsError(
                 f"log level must be one of critical, error, warning, info, debug, trace; got {self.log_level!r}"
@@ -65,10 +82,13 @@ ENV: dict[str, tuple[str, Any]] = {
     "model_name": ("MLVISOR_MODEL_NAME", str),
     "host": ("MLVISOR_HOST", str),
     "port": ("MLVISOR_PORT", int),
+    "grpc_port": ("MLVISOR_GRPC_PORT", int),
     "max_batch_size": ("MLVISOR_MAX_BATCH_SIZE", int),
     "max_latency_ms": ("MLVISOR_MAX_LATENCY_MS", float),
     "max_body_bytes": ("MLVISOR_MAX_BODY_BYTES", int),
     "max_rows": ("MLVISOR_MAX_ROWS", int),
+    "max_queue": ("MLVISOR_MAX_QUEUE", int),
+    "request_timeout_seconds": ("MLVISOR_REQUEST_TIMEOUT_SECONDS", float),
     "log_level": ("MLVISOR_LOG_LEVEL", str),
 }
 

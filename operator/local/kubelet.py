@@ -5,8 +5,9 @@ their restart counts, last exit codes, readiness and the model each was made for
 module plays that Deployment on one machine with the same observable behaviour:
 
 - **Pods**: ``spec.replicas`` processes per pod template, each started from the template with
-  ``processes.process_spec_for_pod`` and its own free port on 127.0.0.1 (MLVISOR_HOST and
-  MLVISOR_PORT are overridden: a machine has one network namespace, a cluster one per pod).
+  ``processes.process_spec_for_pod`` and its own free ports on 127.0.0.1 (MLVISOR_HOST,
+  MLVISOR_PORT and MLVISOR_GRPC_PORT are overridden: a machine has one network namespace, a
+  cluster one per pod).
 - **restartPolicy Always**: a replica that exits, or that a probe gives up on, is restarted in
   place: the pod keeps its name, ``restartCount`` goes up and the last termination (exit code,
   reason) is kept, which is exactly what the supervisor counts. Between restarts the kubelet
@@ -114,8 +115,13 @@ def template_hash(template: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
 
 
-#: Builds the ProcessSpec of one run of a replica: (pod manifest, port) -> spec.
-SpecFactory = Callable[[Mapping[str, Any], int], ProcessSpec]
+#: Builds the ProcessSpec of one run of a replica: (pod manifest, HTTP port, gRPC port or 0) -> spec.
+SpecFactory = Callable[[Mapping[str, Any], int, int], ProcessSpec]
+
+
+def _has_grpc_port(template: Mapping[str, Any]) -> bool:
+    container = (template.get("spec", {}).get("containers") or [{}])[0]
+    return any(p.get("name") == "grpc" for p in container.get("ports") or [])
 
 
 class ServerPod:
@@ -148,6 +154,8 @@ class ServerPod:
         self.last_message: str | None = None
         self.process: LocalProcess | None = None
         self.port: int | None = None
+        self.grpc_port: int | None = None
+        self._grpc = _has_grpc_port(template)
         self.ready = False
         self.started = False
         self.stopping = False
@@ -209,7 +217,11 @@ class ServerPod:
         delay = self._settings.restart_delay
         while not self._stop.is_set():
             self.port = free_port()
-            spec = self._make_spec(self.template | {"metadata": {**self.template.get("metadata", {}), "name": self.name}}, self.port)
+            self.grpc_port = free_port() if self._grpc else None
+            spec = self._make_spec(
+                self.template | {"metadata": {**self.template.get("metadata", {}), "name": self.name}},
+                self.port, self.grpc_port or 0,
+            )
             self._exited.clear()
             proc = LocalProcess(self.name, spec, self._log_path, on_exit=lambda _p: self._exited.set())
             self.process = proc
@@ -328,6 +340,9 @@ class LocalDeployment:
 
     def ready_ports(self) -> list[int]:
         return [p.port for p in self.pods() if p.ready and p.port is not None and not p.stopping]
+
+    def ready_grpc_ports(self) -> list[int]:
+        return [p.grpc_port for p in self.pods() if p.ready and p.grpc_port is not None and not p.stopping]
 
     def reconcile(self) -> None:
         """Bring the ReplicaSets to the roll-out rule; called on apply and on every pod change."""

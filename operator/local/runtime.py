@@ -163,6 +163,7 @@ class LocalRuntime:
         self.workers: dict[Key, dict[str, WorkerRun]] = {}
         self.deployments: dict[Key, LocalDeployment] = {}
         self.services: dict[Key, LocalService] = {}
+        self.grpc_services: dict[Key, LocalService] = {}
         self.requeue_at: dict[Key, float] = {}
         self.owners: dict[Key, Key] = {}
         """Child -> its controller (a pipeline's TrainingJobs and ModelServer)."""
@@ -229,9 +230,10 @@ class LocalRuntime:
         dep = self.deployments.pop(key, None)
         if dep is not None:
             self._spawn(dep.stop())
-        svc = self.services.pop(key, None)
-        if svc is not None:
-            self._spawn(svc.close())
+        for services in (self.services, self.grpc_services):
+            svc = services.pop(key, None)
+            if svc is not None:
+                self._spawn(svc.close())
 
     def _check_files(self, now: float) -> None:
         if now < self._next_file_check:
@@ -319,7 +321,7 @@ class LocalRuntime:
                 tasks.append(run.process.stop(self.settings.stop_grace_seconds))
         for dep in self.deployments.values():
             tasks.append(dep.stop())
-        for svc in self.services.values():
+        for svc in [*self.services.values(), *self.grpc_services.values()]:
             tasks.append(svc.close())
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._background:
@@ -454,7 +456,7 @@ class LocalRuntime:
             elif isinstance(action, ApplyDeployment):
                 self._apply_deployment(key, action.manifest)
             elif isinstance(action, ApplyService):
-                await self._apply_service(key)
+                await self._apply_service(key, action.manifest)
             elif isinstance(action, ApplyResource):
                 self._apply_child(key, action.manifest)
             elif isinstance(action, DeleteResource):
@@ -524,11 +526,12 @@ class LocalRuntime:
             dep.delete_pod(name)
 
     def _server_spec(self, key: Key) -> Callable[[Mapping[str, Any], int], Any]:
-        def make(pod: Mapping[str, Any], port: int) -> Any:
+        def make(pod: Mapping[str, Any], port: int, grpc_port: int) -> Any:
             return process_spec_for_pod(
                 pod, self.settings.data_dir, self._scratch / pod["metadata"]["name"],
                 python=self.settings.python, extra_env=self.settings.extra_env,
-                env_overrides={"MLVISOR_HOST": "127.0.0.1", "MLVISOR_PORT": str(port)},
+                env_overrides={"MLVISOR_HOST": "127.0.0.1", "MLVISOR_PORT": str(port),
+                               "MLVISOR_GRPC_PORT": str(grpc_port)},
                 command_prefix=self._wrapper(pod),
             )
         return make
@@ -550,16 +553,28 @@ class LocalRuntime:
             dep.reconcile()
         self.wake()
 
-    async def _apply_service(self, key: Key) -> None:
-        if key in self.services:
-            return
-        svc = LocalService(key[2], endpoints=lambda: self._ready_ports(key))
-        await svc.start()
-        self.services[key] = svc
+    async def _apply_service(self, key: Key, manifest: Mapping[str, Any]) -> None:
+        if key not in self.services:
+            svc = LocalService(key[2], endpoints=lambda: self._ready_ports(key))
+            await svc.start()
+            self.services[key] = svc
+        wants_grpc = any(p.get("name") == "grpc" for p in manifest.get("spec", {}).get("ports", []))
+        grpc_svc = self.grpc_services.get(key)
+        if wants_grpc and grpc_svc is None:
+            grpc_svc = LocalService(key[2], endpoints=lambda: self._ready_grpc_ports(key), http=False)
+            await grpc_svc.start()
+            self.grpc_services[key] = grpc_svc
+        elif not wants_grpc and grpc_svc is not None:
+            del self.grpc_services[key]
+            self._spawn(grpc_svc.close())
 
     def _ready_ports(self, key: Key) -> list[int]:
         dep = self.deployments.get(key)
         return dep.ready_ports() if dep is not None else []
+
+    def _ready_grpc_ports(self, key: Key) -> list[int]:
+        dep = self.deployments.get(key)
+        return dep.ready_grpc_ports() if dep is not None else []
 
     # ------------------------------------------------------------------ what users see
 
@@ -577,6 +592,13 @@ class LocalRuntime:
             path = f"/v2/models/{server.spec.model_name or server.metadata.name}"
         return f"http://127.0.0.1:{svc.port}{path}"
 
+    def local_grpc_address(self, key: Key) -> str | None:
+        """status.grpcAddress with the cluster host replaced by the local gRPC Service's address."""
+        svc = self.grpc_services.get(key)
+        if svc is None or svc.port is None:
+            return None
+        return f"127.0.0.1:{svc.port}"
+
     def status_document(self) -> dict[str, Any]:
         """{"<Kind>/<ns>/<name>": status wire} with local URLs: the status file's content."""
         doc: dict[str, Any] = {}
@@ -590,6 +612,11 @@ class LocalRuntime:
                     wire["url"] = url
                 else:
                     wire.pop("url", None)
+                grpc = self.local_grpc_address(key)
+                if grpc is not None and wire:
+                    wire["grpcAddress"] = grpc
+                else:
+                    wire.pop("grpcAddress", None)
             doc[key_str(key)] = wire
         return doc
 

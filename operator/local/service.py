@@ -7,8 +7,10 @@ connection to a ready replica (round robin). With no ready replica it answers
 ``503 Service Unavailable`` with a JSON error, as a Service with no endpoints in front of
 mlvisor's server would (the API promises 503 while nothing can serve).
 
-It forwards bytes, not requests: HTTP keep-alive, streaming and any client work unchanged,
-and a connection stays with the replica it was given until either side closes it.
+It forwards bytes, not requests: HTTP keep-alive, streaming, gRPC (HTTP/2) and any client
+work unchanged, and a connection stays with the replica it was given until either side closes
+it. The gRPC port is a second proxy of the same kind; with no ready replica it closes the
+connection, which a gRPC client reports as UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ class LocalService:
     """A TCP proxy on 127.0.0.1:<port> to whatever ``endpoints()`` returns at connect time."""
 
     def __init__(self, name: str, endpoints: Callable[[], Sequence[int]], host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 port: int = 0, http: bool = True) -> None:
         self.name = name
+        self.http = http
+        """HTTP/1.1 clients get a 503 JSON answer when nothing is ready; others (gRPC) a closed connection."""
         self.host = host
         self._want_port = port
         self._endpoints = endpoints
@@ -62,7 +66,8 @@ class LocalService:
         try:
             upstream = await self._connect()
             if upstream is None:
-                await self._unavailable(reader, writer)
+                if self.http:
+                    await self._unavailable(reader, writer)
                 return
             up_reader, up_writer = upstream
             try:

@@ -183,6 +183,8 @@ class Session:
             else:
                 if status.get("url"):
                     line += f" at {status['url']} (model version {status.get('modelVersion')})"
+                if status.get("grpcAddress"):
+                    line += f", gRPC at {status['grpcAddress']}"
                 good = phase == "Ready"
             message = "" if good else _why(status, phase, kind)
             if message:

@@ -194,7 +194,8 @@ class TerminalView(Reporter):
                 if self._announced.get(key) != announce:
                     self._announced[key] = announce
                     name = key.split("/", 2)[2]
-                    self.say(f"{name} ready at {url} (model version {status.get('modelVersion')})")
+                    grpc = f"; gRPC at {status['grpcAddress']}" if status.get("grpcAddress") else ""
+                    self.say(f"{name} ready at {url} (model version {status.get('modelVersion')}){grpc}")
         owners = {"/".join(child): "/".join(owner) for child, owner in runtime.owners.items()}
         lines = table_lines(doc, owners)
         if lines != self._last_table:

@@ -49,7 +49,9 @@ class OperatorConfig:
     data_mount: str = "/data"
     """Where a CSV dataset's volume is mounted in worker pods."""
     server_port: int = 8080
-    """Container port of the model server."""
+    """Container port of the model server (HTTP)."""
+    server_grpc_port: int = 8081
+    """Container port of the model server's V2 gRPC service."""
     service_domain: str = "svc"
     """status.url host is <name>.<namespace>.<service_domain>."""
 

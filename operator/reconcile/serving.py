@@ -20,10 +20,15 @@ Decisions this module makes (the docs were silent):
   termination message, so the supervisor escalates at once (rollback or Failed) instead of
   counting restarts that cannot help.
 - **Phases.** Loading while the served version has never had every replica ready; Ready
-  when it has; Degraded when a version that was Ready has fewer ready replicas than asked
-  for; RolledBack while the model source still points at the rejected version; Failed is
+  when it has; Scaling while spec.replicas grew past the count that was last all ready and
+  the replicas that were ready still are (kubectl scale, an HPA: a rollout of new pods, never
+  a restart); Degraded when a version that was Ready has fewer ready replicas than asked
+  for otherwise; RolledBack while the model source still points at the rejected version; Failed is
   sticky until a new generation of the spec or a new model version arrives (both start
   a fresh restart window). Ready=True whenever at least one replica answers.
+- **Scale-down.** A pod being deleted (deletionTimestamp set: a scale-down or a finished
+  roll-out) that ends in phase Failed is not a failure: SIGTERM's exit code 143 is how a
+  server stops when it is told to.
 - **Memory.** status.supervision.seenFailures holds the latest handled key of every pod
   still observed (restart counts only grow), so the bounded list never forgets a live pod.
 """
@@ -39,6 +44,7 @@ from mlvisor.operator.builders import (
     build_server_deployment,
     build_server_service,
     model_name_of,
+    server_selector_string,
     parse_model_uri,
 )
 from mlvisor.operator.reconcile.conditions import (
@@ -191,7 +197,13 @@ class _ServingReconcile(ConditionWriter):
             f"http://{self.server.metadata.name}.{self.server.metadata.namespace}."
             f"{self.config.service_domain}:{self.spec.service.port}/v2/models/{model_name_of(self.server)}"
         )
+        grpc_port = self.spec.service.grpc_port
+        st.grpc_address = (
+            f"{self.server.metadata.name}.{self.server.metadata.namespace}.{self.config.service_domain}:{grpc_port}"
+            if grpc_port else None
+        )
         live = [p for p in self.pods if not p.deleting]
+        st.selector = server_selector_string(self.server)
         st.replicas = len(live)
         st.ready_replicas = sum(1 for p in live if p.ready)
         history = [to_timestamp(t) for t in st.supervision.restart_times]
@@ -288,7 +300,7 @@ class _ServingReconcile(ConditionWriter):
         for p in sorted(self.pods, key=lambda p: p.name):
             if p.model_uri is not None and p.model_uri != self.status.model_uri:
                 continue  # a pod of another model: being replaced, not ours to count
-            last = p.restart_count + (1 if p.phase == "Failed" else 0)
+            last = p.restart_count + (1 if p.phase == "Failed" and not p.deleting else 0)
             for n in range(handled.get(p.name, 0) + 1, last + 1):
                 final = p.phase == "Failed" and n == last
                 out.append(
@@ -407,20 +419,39 @@ class _ServingReconcile(ConditionWriter):
         ready_any = sum(1 for p in self.pods if p.ready and not p.deleting)
         version = st.model_version
         if desired == 0:
+            st.last_ready_replicas = 0
             self._condition("Ready", "False", "ScaledToZero", "spec.replicas is 0")
             self._condition_false_if_present("Degraded", "ScaledToZero", "spec.replicas is 0")
             return
         if ready_current >= desired:
+            if st.last_good_model_uri == st.model_uri and st.last_ready_replicas not in (None, desired):
+                self.events.append(RecordEvent(
+                    "Normal", "Scaled", f"{desired} replicas serve model version {version} (was {st.last_ready_replicas})"
+                ))
             st.last_good_model_uri, st.last_good_model_version = st.model_uri, version
+            st.last_ready_replicas = desired
             message = f"{ready_current}/{desired} replicas serve model version {version}"
             self._condition("Ready", "True", "AllReplicasReady", message)
             self._condition_false_if_present("Degraded", "AllReplicasReady", message)
             return
         message = f"{ready_current}/{desired} replicas ready on model version {version}"
+        scaling = self._scaling(ready_current)
+        if scaling:
+            message += f" (scaling from {st.last_ready_replicas} to {desired} replicas)"
         if ready_any:
-            self._condition("Ready", "True", "SomeReplicasReady", message)
+            self._condition("Ready", "True", "Scaling" if scaling else "SomeReplicasReady", message)
         else:
             self._condition("Ready", "False", "NoReplicasReady", message)
+
+    def _scaling(self, ready_current: int) -> bool:
+        """spec.replicas grew past what was last all ready, and those replicas still are."""
+        st = self.status
+        return (
+            st.last_good_model_uri == st.model_uri
+            and st.last_ready_replicas is not None
+            and self.spec.replicas > st.last_ready_replicas
+            and ready_current >= st.last_ready_replicas
+        )
 
     def _settle_phase(self) -> None:
         st = self.status
@@ -436,6 +467,16 @@ class _ServingReconcile(ConditionWriter):
             st.phase = Phase.READY
         elif st.last_good_model_uri != st.model_uri:
             st.phase = Phase.LOADING
+        elif self._scaling(ready_current):
+            if st.phase != Phase.SCALING:
+                self.events.append(RecordEvent(
+                    "Normal", "Scaling",
+                    f"scaling from {st.last_ready_replicas} to {self.spec.replicas} replicas of model version {st.model_version}",
+                ))
+            st.phase = Phase.SCALING
+            self._condition_false_if_present(
+                "Degraded", "Scaling", f"scaling from {st.last_ready_replicas} to {self.spec.replicas} replicas"
+            )
         else:
             st.phase = Phase.DEGRADED
             self._condition(

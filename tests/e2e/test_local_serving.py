@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import textwrap
 import urllib.error
 import urllib.request
@@ -80,20 +81,47 @@ def test_iris_sample_trains_serves_and_predicts_over_v2_then_ctrl_c_leaves_nothi
     # Plain HTTP.
     assert _predict(url) == [cls for _, cls in KNOWN_ROWS]
 
-    # The Triton client, as a user of the Open Inference Protocol would call it.
+    # The Triton clients, as users of the Open Inference Protocol call them: HTTP with its
+    # defaults (binary tensors), HTTP with JSON tensors, and gRPC on the address the status gives.
+    import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
+    x = np.array([row for row, _ in KNOWN_ROWS], dtype=np.float64)
+    expected = [cls for _, cls in KNOWN_ROWS]
     client = httpclient.InferenceServerClient(urlsplit(url).netloc)
     try:
         assert client.is_server_ready()
         assert client.is_model_ready("iris")
-        x = np.array([row for row, _ in KNOWN_ROWS], dtype=np.float64)
         inp = httpclient.InferInput("input-0", list(x.shape), "FP64")
-        inp.set_data_from_numpy(x, binary_data=False)  # mlvisor speaks JSON tensors
+        inp.set_data_from_numpy(x)  # the default: binary tensor data
+        result = client.infer("iris", [inp], outputs=[httpclient.InferRequestedOutput("predict")])
+        assert result.as_numpy("predict").tolist() == expected
+        assert result.get_response()["outputs"][0]["parameters"]["binary_data_size"] == 8 * len(x)
+        inp.set_data_from_numpy(x, binary_data=False)
         result = client.infer("iris", [inp], outputs=[httpclient.InferRequestedOutput("predict", binary_data=False)])
-        assert result.as_numpy("predict").tolist() == [cls for _, cls in KNOWN_ROWS]
+        assert result.as_numpy("predict").tolist() == expected
     finally:
         client.close()
+    grpc_address = server["grpcAddress"]
+    assert grpc_address.startswith("127.0.0.1:") and grpc_address in run.log()
+    g = grpcclient.InferenceServerClient(grpc_address)
+    try:
+        assert g.is_server_ready() and g.is_model_ready("iris")
+        ginp = grpcclient.InferInput("input-0", list(x.shape), "FP64")
+        ginp.set_data_from_numpy(x)
+        result = g.infer("iris", [ginp])
+        assert result.as_numpy("predict").tolist() == expected
+        assert result.as_numpy("predict_proba").shape == (len(x), 3)
+    finally:
+        g.close()
+    # curl, as the README shows it.
+    curl = subprocess.run(
+        ["curl", "-s", "-S", "--fail-with-body", f"{url}/infer", "-H", "content-type: application/json",
+         "-d", _infer_body([KNOWN_ROWS[1][0]]).decode()],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert curl.returncode == 0, curl.stderr
+    assert next(o for o in json.loads(curl.stdout)["outputs"] if o["name"] == "predict")["data"] == [1]
 
     # The status file holds exactly what the custom resources' status would (extra fields are refused).
     from mlvisor.operator import api
@@ -131,7 +159,7 @@ spec:
   model:
     uri: file://{uri}/
   modelName: iris
-  replicas: 1
+  replicas: {replicas}
   startupTimeoutSeconds: {startup}
   supervision:
     maxRestarts: {max_restarts}
@@ -142,7 +170,7 @@ spec:
 
 def test_server_killed_with_sigkill_is_restarted_and_answers_again(mlvisor_run, iris_artifact: Path, tmp_path: Path) -> None:
     spec = tmp_path / "server.yaml"
-    spec.write_text(SERVER.format(name="kill", uri=iris_artifact, startup=30, max_restarts=3))
+    spec.write_text(SERVER.format(name="kill", uri=iris_artifact, startup=30, max_restarts=3, replicas=1))
     run = mlvisor_run(spec, args=["--no-table", "--restart-delay", "0.1"])
     server = run.wait_for("server Ready", _ready("kill"))
     url = server["url"]
@@ -216,6 +244,41 @@ def test_server_switched_to_a_broken_artifact_rolls_back_within_a_minute_and_kee
     last = final["supervision"]["lastFailure"]
     assert last["exitCode"] == 4 and "corrupted or truncated" in last["message"]
     assert answers and set(answers) == {200}, f"the service stopped answering during the rollback: {answers}"
+    assert _predict(url) == [cls for _, cls in KNOWN_ROWS]
+    assert run.interrupt() == 130
+    run.assert_no_orphans()
+
+
+def test_replicas_changed_in_the_file_scale_without_counting_restarts(mlvisor_run, iris_artifact: Path, tmp_path: Path) -> None:
+    """`mlvisor run` picks a new spec.replicas from the file (as kubectl scale changes it on a
+    cluster): replicas are added and removed, the URL keeps answering, no restart is counted."""
+    spec = tmp_path / "server.yaml"
+    spec.write_text(SERVER.format(name="sc", uri=iris_artifact, startup=30, max_restarts=0, replicas=1))
+    run = mlvisor_run(spec, args=["--no-table"])
+    server = run.wait_for("server Ready with 1 replica", _ready("sc"))
+    url = server["url"]
+    assert server["selector"] == "app.kubernetes.io/component=server,app.kubernetes.io/instance=sc,app.kubernetes.io/name=mlvisor"
+
+    spec.write_text(SERVER.format(name="sc", uri=iris_artifact, startup=30, max_restarts=0, replicas=2))
+    up = run.wait_for(
+        "2 replicas ready",
+        lambda s: _server(s, "sc") if _server(s, "sc").get("readyReplicas") == 2 and _ready("sc")(s) else None,
+        timeout=90,
+    )
+    assert up["replicas"] == 2 and up["lastReadyReplicas"] == 2
+    assert up["supervision"].get("totalRestarts", 0) == 0, up["supervision"]
+    assert _predict(url) == [cls for _, cls in KNOWN_ROWS]
+    assert len([p for p in run.pids() if p["running"]]) == 2
+
+    spec.write_text(SERVER.format(name="sc", uri=iris_artifact, startup=30, max_restarts=0, replicas=1))
+    down = run.wait_for(
+        "back to 1 replica",
+        lambda s: _server(s, "sc") if _server(s, "sc").get("replicas") == 1 and _ready("sc")(s)
+        and len([p for p in run.pids() if p["running"]]) == 1 else None,
+        timeout=60,
+    )
+    assert down["supervision"].get("totalRestarts", 0) == 0, down["supervision"]  # maxRestarts 0: one count would fail it
+    assert down["phase"] == "Ready"
     assert _predict(url) == [cls for _, cls in KNOWN_ROWS]
     assert run.interrupt() == 130
     run.assert_no_orphans()

@@ -75,7 +75,11 @@ def test_every_spec_field_is_documented(kind):
 def test_crd_shape(kind):
     doc = crdgen.crd(kind)
     version = doc["spec"]["versions"][0]
-    assert version["subresources"] == {"status": {}}
+    expected: dict[str, Any] = {"status": {}}
+    if kind == "ModelServer":  # kubectl scale and HorizontalPodAutoscalers
+        expected["scale"] = {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+                             "labelSelectorPath": ".status.selector"}
+    assert version["subresources"] == expected
     assert doc["spec"]["names"]["shortNames"] == [api.SHORT_NAMES[kind]]
     assert doc["spec"]["names"]["categories"] == ["mlvisor"]
     paths = [c["jsonPath"] for c in version["additionalPrinterColumns"]]
@@ -84,7 +88,8 @@ def test_crd_shape(kind):
 
 
 def _docs() -> list[dict[str, Any]]:
-    return [d for f in SAMPLES for d in yaml.safe_load_all(f.read_text()) if d]
+    """The mlvisor resources of the samples (the samples also hold built-in objects, e.g. an HPA)."""
+    return [d for f in SAMPLES for d in yaml.safe_load_all(f.read_text()) if d and d["apiVersion"] == api.API_VERSION]
 
 
 def test_samples_cover_what_users_copy():
@@ -158,6 +163,9 @@ INVALID = [
     ("pipeline", "spec.training", _DELETE, "training"),
     ("pipeline", "spec.training.workers", 3, "workers"),
     ("pipeline", "spec.serving.replicas", -1, "replicas"),
+    ("server", "spec.service", {"port": 8081, "grpcPort": 8081}, "grpcPort"),
+    ("server", "spec.service.grpcPort", 70000, "grpcPort"),
+    ("server", "spec.replicas", 101, "replicas"),
 ]
 
 

@@ -123,9 +123,31 @@ def test_the_models_claim_is_where_the_samples_run(objects: list[dict[str, Any]]
     assert "storageClassName" not in claim["spec"], "kind's default storage class serves it"
 
 
-def test_samples_are_beside_the_install_and_build_on_their_own() -> None:
+def _sample_docs() -> list[dict[str, Any]]:
     samples = sorted((ROOT / "manifests" / "samples").glob("*.yaml"))
     assert samples
-    for path in samples:
-        for doc in yaml.safe_load_all(path.read_text()):
-            assert doc["apiVersion"] == "mlvisor.dev/v1alpha1"
+    return [doc for path in samples for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_samples_are_mlvisor_resources_or_valid_kubernetes_objects() -> None:
+    """Samples hold mlvisor resources (checked against the CRDs in test_crds.py) and built-in
+    objects that work with them, e.g. a HorizontalPodAutoscaler; those validate strictly."""
+    builtin = [d for d in _sample_docs() if d["apiVersion"] != "mlvisor.dev/v1alpha1"]
+    assert builtin, "expected the HPA sample"
+    for doc in builtin:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_hpa_sample_targets_a_sample_modelserver_through_its_scale_subresource(objects) -> None:
+    docs = _sample_docs()
+    (hpa,) = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"]) == ("mlvisor.dev/v1alpha1", "ModelServer")
+    assert ("ModelServer", target["name"]) in {(d["kind"], d["metadata"]["name"]) for d in docs}
+    (crd,) = [o for o in objects if o["kind"] == "CustomResourceDefinition" and o["spec"]["names"]["kind"] == "ModelServer"]
+    scale = crd["spec"]["versions"][0]["subresources"]["scale"]
+    assert scale == {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+                     "labelSelectorPath": ".status.selector"}
+    status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert status["replicas"]["type"] == "integer" and status["selector"]["type"] == "string"
+    assert hpa["spec"]["minReplicas"] >= 1 and hpa["spec"]["maxReplicas"] <= 100  # spec.replicas' bounds

@@ -257,7 +257,9 @@ def test_server_deployment_for_a_pvc_model() -> None:
     assert env["MLVISOR_MODEL_NAME"] == "flowers"
     assert env["MLVISOR_PORT"] == "8080" and env["MLVISOR_HOST"] == "0.0.0.0"
     assert env["MLVISOR_MAX_BATCH_SIZE"] == "32" and env["MLVISOR_MAX_LATENCY_MS"] == "2.5"
-    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                          {"name": "grpc", "containerPort": 8081, "protocol": "TCP"}]
+    assert env["MLVISOR_GRPC_PORT"] == "8081"
     assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     startup = c["startupProbe"]
@@ -285,14 +287,41 @@ def test_server_deployment_scaled_to_zero_and_file_uri() -> None:
 
 
 def test_server_service() -> None:
-    s = server(service={"type": "NodePort", "port": 9000})
+    s = server(service={"type": "NodePort", "port": 9000, "grpcPort": 9001})
     svc = build_server_service(s, CONFIG)
     validate(svc)
     assert svc["metadata"]["name"] == "iris"
     assert svc["spec"]["type"] == "NodePort"
-    assert svc["spec"]["ports"] == [{"name": "http", "port": 9000, "targetPort": "http", "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "port": 9000, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": 9001, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"},
+    ]
     d = build_server_deployment(s, ModelRef("pvc://c/x/v/", "v"), CONFIG)
     assert svc["spec"]["selector"] == d["spec"]["selector"]["matchLabels"]
+    assert [p["name"] for p in d["spec"]["template"]["spec"]["containers"][0]["ports"]] == ["http", "grpc"]
+
+
+def test_server_without_grpc() -> None:
+    """grpcPort 0: no gRPC port on the Service or the pods, and the server does not listen for it."""
+    s = server(service={"port": 80, "grpcPort": 0})
+    svc = build_server_service(s, CONFIG)
+    validate(svc)
+    assert [p["name"] for p in svc["spec"]["ports"]] == ["http"]
+    d = build_server_deployment(s, ModelRef("pvc://c/x/v/", "v"), CONFIG)
+    validate(d)
+    (c,) = d["spec"]["template"]["spec"]["containers"]
+    assert [p["name"] for p in c["ports"]] == ["http"]
+    assert env_of(c)["MLVISOR_GRPC_PORT"] == "0"
+
+
+def test_server_selector_string_selects_the_deployments_pods() -> None:
+    from mlvisor.operator.builders import server_selector_string
+
+    s = server()
+    d = build_server_deployment(s, ModelRef("pvc://c/x/v/", "v"), CONFIG)
+    parsed = dict(kv.split("=", 1) for kv in server_selector_string(s).split(","))
+    assert parsed == d["spec"]["selector"]["matchLabels"]
+    assert parsed.items() <= d["spec"]["template"]["metadata"]["labels"].items()
 
 
 def test_validation_catches_a_broken_object() -> None:

@@ -341,3 +341,102 @@ def test_a_server_whose_training_job_failed_quotes_the_jobs_reason() -> None:
     assert ready.reason == "TrainingJobFailed"
     assert ready.message == "the TrainingJob ml/iris failed, so there is no model to serve: worker pod iris-worker-0-1 exited with code 2"
     assert events(plan) == [("Warning", "TrainingJobFailed")]
+# ----------------------------------------------------------------------------- scale (kubectl scale, HPA)
+def scale(s: Server, replicas: int) -> None:
+    """What the scale subresource does: a new spec.replicas, so a new generation."""
+    meta = s.server.metadata
+    s.server = s.server.model_copy(
+        update={
+            "spec": s.server.spec.model_copy(update={"replicas": replicas}),
+            "metadata": meta.model_copy(update={"generation": (meta.generation or 1) + 1}),
+        }
+    )
+
+
+def assert_no_restart_counted(s: Server, plan: Plan) -> None:
+    sup = s.status.supervision
+    assert sup.restart_times == [] and sup.total_restarts == 0 and sup.restarts_in_window == 0
+    assert not [e for e in events(plan) if e[1] in ("ServerRestarted", "RolledBack", "Failed")]
+
+
+def test_status_selector_is_the_label_selector_of_the_server_pods() -> None:
+    s = Server(make_server())
+    plan = s.reconcile([], V1, T0)
+    labels = deployment(plan)["spec"]["selector"]["matchLabels"]
+    assert s.status.selector == ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def test_scale_up_is_a_rollout_never_a_restart() -> None:
+    s = Server(make_server())
+    s.reconcile(ready_on(V1), V1, T0)
+    assert s.status.phase == api.ServerPhase.READY and s.status.last_ready_replicas == 2
+    scale(s, 4)
+    plan = s.reconcile(ready_on(V1), V1, T0 + 1)
+    assert deployment(plan)["spec"]["replicas"] == 4 and served_uri(plan) == V1.uri
+    assert s.status.phase == api.ServerPhase.SCALING
+    ready = s.cond("Ready")
+    assert ready.status == "True" and ready.reason == "Scaling" and "scaling from 2 to 4" in ready.message
+    assert ("Normal", "Scaling") in events(plan)
+    assert find_condition(s.status.conditions, "Degraded") is None
+    assert_no_restart_counted(s, plan)
+    # New pods start; one of them is not ready yet: still scaling, the event is not repeated.
+    pods = [*ready_on(V1), pod("iris-a-2", V1), pod("iris-a-3", V1, ready=False, phase="Pending")]
+    plan = s.reconcile(pods, V1, T0 + 2)
+    assert s.status.phase == api.ServerPhase.SCALING and events(plan) == []
+    assert s.status.replicas == 4 and s.status.ready_replicas == 3
+    plan = s.reconcile([*ready_on(V1), pod("iris-a-2", V1), pod("iris-a-3", V1)], V1, T0 + 3)
+    assert s.status.phase == api.ServerPhase.READY and s.status.last_ready_replicas == 4
+    assert events(plan) == [("Normal", "Scaled")]
+    assert_no_restart_counted(s, plan)
+
+
+def test_a_replica_lost_while_scaling_up_is_degraded() -> None:
+    s = Server(make_server())
+    s.reconcile(ready_on(V1), V1, T0)
+    scale(s, 3)
+    s.reconcile(ready_on(V1), V1, T0 + 1)
+    assert s.status.phase == api.ServerPhase.SCALING
+    s.reconcile([pod("iris-a-0", V1), pod("iris-a-1", V1, ready=False)], V1, T0 + 2)
+    assert s.status.phase == api.ServerPhase.DEGRADED and s.cond("Degraded").status == "True"
+
+
+def test_scale_down_pods_stopping_with_sigterm_are_not_failures() -> None:
+    s = Server(make_server(replicas=3))
+    s.reconcile(ready_on(V1, 3), V1, T0)
+    scale(s, 1)
+    plan = s.reconcile(ready_on(V1, 3), V1, T0 + 1)
+    assert deployment(plan)["spec"]["replicas"] == 1
+    assert events(plan) == [("Normal", "Scaled")] and s.status.last_ready_replicas == 1
+    # The Deployment deletes two pods; SIGTERM ends them with 143 and the kubelet reports Failed.
+    leaving = [pod(f"iris-a-{i}", V1, ready=False, deleting=True, phase="Failed", exit_code=143, reason="Error")
+               for i in (1, 2)]
+    plan = s.reconcile([pod("iris-a-0", V1), *leaving], V1, T0 + 2)
+    assert s.status.phase == api.ServerPhase.READY and s.status.replicas == 1
+    assert_no_restart_counted(s, plan)
+    assert events(plan) == []
+
+
+def test_scale_to_zero_and_back_is_scaling_not_degraded() -> None:
+    s = Server(make_server())
+    s.reconcile(ready_on(V1), V1, T0)
+    scale(s, 0)
+    plan = s.reconcile([], V1, T0 + 1)
+    assert deployment(plan)["spec"]["replicas"] == 0 and s.cond("Ready").reason == "ScaledToZero"
+    scale(s, 2)
+    plan = s.reconcile([], V1, T0 + 2)
+    assert deployment(plan)["spec"]["replicas"] == 2
+    assert s.status.phase == api.ServerPhase.SCALING and s.cond("Ready").status == "False"
+    plan = s.reconcile(ready_on(V1), V1, T0 + 3)
+    assert s.status.phase == api.ServerPhase.READY
+    assert_no_restart_counted(s, plan)
+
+
+def test_a_crash_while_scaling_still_counts() -> None:
+    """Scaling is not a pass: a container that really crashes is counted as before."""
+    s = Server(make_server())
+    s.reconcile(ready_on(V1), V1, T0)
+    scale(s, 3)
+    s.reconcile(ready_on(V1), V1, T0 + 1)
+    plan = s.reconcile([*ready_on(V1), pod("iris-a-2", V1, ready=False, restarts=1)], V1, T0 + 2)
+    assert s.status.supervision.total_restarts == 1
+    assert ("Warning", "ServerRestarted") in events(plan)

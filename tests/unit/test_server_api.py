@@ -37,6 +37,7 @@ async def _wait_ready(client: httpx.AsyncClient, want: int = 200, timeout: float
 
 
 async def _serve(model_dir: Path, **kw) -> AsyncIterator[tuple[httpx.AsyncClient, object]]:
+    kw.setdefault("grpc_port", 0)
     app = create_app(Settings(model_dir=model_dir, **kw))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -67,7 +68,7 @@ async def test_health_and_metadata(served: Served) -> None:
     assert (await c.get("/v2/health/live")).json() == {"live": True}
     assert (await c.get("/v2/health/ready")).json() == {"ready": True}
     meta = (await c.get("/v2")).json()
-    assert meta["name"] == "mlvisor" and "version" in meta and meta["extensions"] == []
+    assert meta["name"] == "mlvisor" and "version" in meta and meta["extensions"] == ["binary_tensor_data"]
     m = (await c.get("/v2/models/iris")).json()
     assert m["name"] == "iris" and m["versions"] == ["v1"] and m["platform"]
     assert m["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}]
@@ -179,7 +180,9 @@ BAD_V2 = [
     (b'{"inputs": [{"name": "input-0", "shape": [0, 4], "datatype": "FP64", "data": []}]}', "empty input"),
     (b'{"inputs": [{"name": "input-0", "shape": [201, 4], "datatype": "FP64", "data": []}]}', "201 rows; the limit per request is 200"),
     (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,2,3,4]}], "outputs": [{"name": "transform"}]}', "unknown output 'transform'"),
-    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,2,3,4]}], "outputs": [{"name": "predict", "parameters": {"binary_data": true}}]}', "binary_data=False"),
+    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,2,3,4]}], "outputs": [{"name": "predict", "parameters": {"binary_data": 1}}]}', "binary_data of output 'predict' must be true or false, got 1"),
+    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,2,3,4]}], "parameters": {"binary_data_output": "yes"}}', "binary_data_output must be true or false"),
+    (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [[[[1,2,3,4]]]]}]}', "nested 4 levels deep; shape [1, 4] allows at most 2"),
     (b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1,2,3,4]}], "id": 5}', "'id' must be a string"),
 ]
 
