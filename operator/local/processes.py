@@ -202,7 +202,8 @@ def process_spec_for_pod(
     if tmpdir is not None:
         env["TMPDIR"] = str(tmpdir)
     termination = scratch / "termination-log"
-    env[TERMINATION_MESSAGE_ENV] = str(termination)
+    if rewrite_paths:  # a node (rewrite_paths=False) binds the real terminationMessagePath instead
+        env[TERMINATION_MESSAGE_ENV] = str(termination)
     env.update(env_overrides or {})
     env.setdefault("PYTHONUNBUFFERED", "1")
     cwd = scratch / "work"
