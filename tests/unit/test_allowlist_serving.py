@@ -161,7 +161,7 @@ def _rows(dataset: dict[str, Any], tmp_path: Path) -> np.ndarray:
 
 
 async def _serve_and_ask(model_dir: Path, rows: np.ndarray, outputs: list[str]) -> dict[str, Any]:
-    app = create_app(Settings(model_dir=model_dir))
+    app = create_app(Settings(model_dir=model_dir, grpc_port=0))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:

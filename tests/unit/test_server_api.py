@@ -384,7 +384,7 @@ async def test_an_artifact_that_can_never_load_calls_on_fatal_with_the_reason(tm
     term.write_text("")
     fatal: list[str] = []
     monkeypatch.setenv("MLVISOR_TERMINATION_MESSAGE_PATH", str(term))
-    app = create_app(Settings(model_dir=path), on_fatal=fatal.append)
+    app = create_app(Settings(model_dir=path, grpc_port=0), on_fatal=fatal.append)
     async with app.router.lifespan_context(app):
         deadline = time.monotonic() + 20
         while not fatal and time.monotonic() < deadline:
@@ -398,7 +398,7 @@ async def test_a_missing_artifact_is_waited_for_and_served_once_it_appears(tmp_p
     """A slow volume: the server stays live, says what it waits for, and never gives up on its own."""
     fatal: list[str] = []
     target = tmp_path / "models" / "v1"
-    app = create_app(Settings(model_dir=target, model_name="iris"), on_fatal=fatal.append)
+    app = create_app(Settings(model_dir=target, model_name="iris", grpc_port=0), on_fatal=fatal.append)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:

@@ -99,7 +99,7 @@ async def test_batching_disabled_predicts_each_request_alone() -> None:
 @pytest.fixture
 async def app_client(tmp_path: Path):
     path, model, X = build_artifact(tmp_path)
-    app = create_app(Settings(model_dir=path, max_batch_size=64, max_latency_ms=20))
+    app = create_app(Settings(model_dir=path, max_batch_size=64, max_latency_ms=20, grpc_port=0))
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
             deadline = time.monotonic() + 20
