@@ -93,12 +93,11 @@ def test_a_pipeline_restarts_training_serves_gates_and_is_garbage_collected(clus
         "application/json")
     assert answer["outputs"][0]["data"] == [0]
 
-    # A run's TrainingJob edited by hand is put back as the pipeline declared it.
-    declared = kube.get("TrainingJob", f"{unique}-2")["spec"]["supervision"]["maxRestarts"]
-    cluster.kubectl("-n", NAMESPACE, "patch", f"tj/{unique}-2", "--type=merge", "-p",
-                    '{"spec":{"supervision":{"maxRestarts":9}}}')
-    eventually(lambda: kube.get("TrainingJob", f"{unique}-2")["spec"]["supervision"]["maxRestarts"] == declared, 60,
-               what="the pipeline putting its run's TrainingJob back")
+    # The pipeline's ModelServer edited by hand is put back as the pipeline declares it.
+    assert kube.get("ModelServer", unique)["spec"]["replicas"] == 1  # spec.serving.replicas
+    cluster.kubectl("-n", NAMESPACE, "patch", f"ms/{unique}", "--type=merge", "-p", '{"spec":{"replicas":2}}')
+    eventually(lambda: kube.get("ModelServer", unique)["spec"]["replicas"] == 1, 60,
+               what="the pipeline putting its ModelServer back")
 
     # A serving change is applied to the pipeline's ModelServer (merge-patched, not re-created).
     uid = server["metadata"]["uid"]
