@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from urllib.parse import quote
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +265,66 @@ def test_kubectl_wait_works_for_every_training_job_condition(cluster: Cluster, k
     eventually(lambda: not any(kube.live_pods(n) for n in (unique, suspended, failed)), 120, what="pods garbage-collected")
 
 
+def test_grpc_kubectl_scale_and_an_hpa_on_a_model_server(cluster: Cluster, kube: World, unique: str) -> None:
+    """tritonclient.grpc on the pod's gRPC port; the scale subresource from kubectl and from the
+    HPA controller of the real kube-controller-manager; neither counts as a restart."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    built_only(cluster, "pod IPs are reachable from the test only on the suite's own node")
+    kube.create(TJ, unique, iris())
+    kube.create(MS, unique, {"model": {"trainingJobRef": {"name": unique}}, "replicas": 1})
+    kube.wait_condition(MS, unique, "Ready", timeout=TRAIN_TIMEOUT + SERVE_TIMEOUT)
+    status = kube.status(MS, unique)
+    assert status["grpcAddress"].startswith(f"{unique}.{NAMESPACE}.svc") and status["grpcAddress"].endswith(":8081")
+    ports = {p["name"]: p["port"] for p in kube.service(unique)["spec"]["ports"]}
+    assert ports == {"http": 80, "grpc": 8081}, ports
+
+    (pod,) = server_pods(kube, unique)
+    grpc_port = next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p["name"] == "grpc")
+    client = grpcclient.InferenceServerClient(f"{pod['status']['podIP']}:{grpc_port}")
+    try:
+        assert client.is_server_ready() and client.is_model_ready(unique)
+        x = grpcclient.InferInput("input-0", [2, 4], "FP64")
+        x.set_data_from_numpy(np.array([ROW, [6.7, 3.0, 5.2, 2.3]], dtype=np.float64))
+        result = client.infer(unique, [x], outputs=[grpcclient.InferRequestedOutput("predict")])
+        rest = predict_on_pod(pod, unique, [6.7, 3.0, 5.2, 2.3])["outputs"][0]["data"]
+        assert result.as_numpy("predict").tolist() == [0, *rest]
+    finally:
+        client.close()
+
+    # kubectl scale writes the scale subresource; the operator rolls it out, no restart counted.
+    cluster.kubectl("-n", NAMESPACE, "scale", f"ms/{unique}", "--replicas=2")
+    eventually(lambda: kube.get("ModelServer", unique)["status"].get("replicas") == 2
+               and len(server_pods(kube, unique)) == 2, SERVE_TIMEOUT, what="two server pods after kubectl scale")
+    selector = cluster.kubectl("-n", NAMESPACE, "get", f"ms/{unique}", "-o", "jsonpath={.status.selector}").stdout
+    assert selector and len(kube.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector={quote(selector)}",
+                                         None, "")["items"]) == 2, selector
+
+    # An HPA targets the ModelServer: below minReplicas, the HPA controller scales it up itself
+    # (before any metric is read, so no metrics-server is needed for this step).
+    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+           "metadata": {"name": unique, "namespace": NAMESPACE},
+           "spec": {"scaleTargetRef": {"apiVersion": "mlvisor.dev/v1alpha1", "kind": "ModelServer", "name": unique},
+                    "minReplicas": 3, "maxReplicas": 3,
+                    "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+                        "type": "Utilization", "averageUtilization": 70}}}]}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(hpa))
+    try:
+        eventually(lambda: kube.get("ModelServer", unique)["spec"]["replicas"] == 3, 90,
+                   what="the HPA controller raising spec.replicas to minReplicas")
+        eventually(lambda: kube.get("ModelServer", unique)["status"].get("replicas") == 3, SERVE_TIMEOUT,
+                   what="three server replicas after the HPA")
+        hpa_status = cluster.kubectl("-n", NAMESPACE, "get", f"hpa/{unique}", "-o", "json").stdout
+        assert json.loads(hpa_status)["status"].get("currentReplicas") in (2, 3), hpa_status
+    finally:
+        cluster.kubectl("-n", NAMESPACE, "delete", f"hpa/{unique}", check=False)
+    assert kube.status(MS, unique).get("supervision", {}).get("totalRestarts", 0) == 0
+    kube.delete(MS, unique)
+    kube.delete(TJ, unique)
+    eventually(lambda: not kube.live_pods(unique), 120, what="server and worker pods garbage-collected")
+
+
 def test_a_killed_server_restarts_under_its_deployment_and_counts_degraded_then_ready(cluster: Cluster, kube: World,
                                                                                       unique: str) -> None:
     built_only(cluster, "the server process is signalled on the node")
@@ -286,8 +347,10 @@ def test_a_killed_server_restarts_under_its_deployment_and_counts_degraded_then_
     assert predict_on_pod(after, unique)["outputs"][0]["data"] == [0]
     # A new Service port is applied to the live Service (merge-patched, not re-created).
     uid = kube.service(unique)["metadata"]["uid"]
-    kube.patch_spec(MS, unique, {"service": {"port": 8081}})
-    eventually(lambda: kube.service(unique)["spec"]["ports"][0]["port"] == 8081, 60, what="the Service port patched")
+    kube.patch_spec(MS, unique, {"service": {"port": 8090}})
+    eventually(lambda: kube.service(unique)["spec"]["ports"][0]["port"] == 8090, 60, what="the Service port patched")
+    ports = {p["name"]: p["port"] for p in kube.service(unique)["spec"]["ports"]}
+    assert ports == {"http": 8090, "grpc": 8081}, ports  # the gRPC port (default 8081) stays beside it
     assert kube.service(unique)["metadata"]["uid"] == uid
     kube.delete(MS, unique)
     eventually(lambda: not kube.exists(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{unique}")
