@@ -38,7 +38,7 @@ BASE: dict[str, Any] = {
 #: Two grids of 12 trials x 3 folds. Shard i takes trials t % N == i and the last parameter by
 #: sorted name (n_estimators, the one that sets the cost) varies fastest: with 3 values the
 #: shards get a mix of cheap and costly trials; with 2 values shard 0 gets every 50-tree trial
-#: and shard 1 every 100-tree trial (the worst case of round-robin sharding).
+#: and shard 1 every 100-tree trial under round-robin sharding (t % 2); balanced shards split it.
 GRIDS: dict[str, dict[str, Any]] = {
     "mixed": {"grid": {"n_estimators": [40, 80, 120], "max_depth": [8, None],
                        "max_features": ["sqrt", 0.3]}, "cv": 3},

@@ -192,7 +192,7 @@ def train_plain(opts: RunOptions, p: Prepared, log: EventLog) -> Path:
 def select_and_refit(opts: RunOptions, p: Prepared, workers: int, log: EventLog) -> Path:
     search = opts.spec.search
     assert search is not None and p.scoring is not None
-    results = collect_results(search.grid, opts.output, opts.version, workers)
+    results = collect_results(search.grid, opts.output, opts.version, workers, opts.spec.random_state)
     best = select_best(results)
     log.info("select", f"best of {len(results)} trials: trial {best.index + 1}, cv {p.scoring} "
              f"{best.score:.4f} with {best.params}", trial=best.index, trials=len(results),

@@ -4,7 +4,11 @@ Determinism is what lets N workers agree without talking to each other:
 
 - the grid expands in a fixed order (parameter names sorted, then each name's values in
   the order written, ``itertools.product``), so trial ``t`` is the same everywhere;
-- shard ``i`` of ``N`` evaluates exactly the trials with ``t % N == i``;
+- shard ``i`` of ``N`` evaluates exactly the trials at positions ``p % N == i`` of one
+  permutation of the trial indices, seeded by the spec's ``randomState`` and the grid size
+  (``shard_owners``): every worker and every restart computes the same split, and a grid
+  whose costly parameter is aligned with ``N`` (``t % N`` would hand one shard every costly
+  trial) is spread evenly on average; shard sizes differ by at most one;
 - a trial's score is the mean of K-fold (StratifiedKFold for classifiers) cross-validation
   on the training split with ``shuffle=True, random_state=randomState``;
 - the best trial is the highest score, ties going to the lowest trial index.
@@ -27,6 +31,7 @@ import itertools
 import json
 import math
 import os
+import random
 import re
 import time
 from collections.abc import Callable
@@ -78,8 +83,21 @@ def expand_grid(grid: dict[str, list[Any]]) -> list[Trial]:
     return [Trial(i, dict(zip(names, values, strict=True))) for i, values in enumerate(combos)]
 
 
-def shard_trials(trials: list[Trial], index: int, workers: int) -> list[Trial]:
-    return [t for t in trials if t.index % workers == index]
+def shard_owners(n_trials: int, workers: int, seed: int) -> list[int]:
+    """``owners[t]`` is the shard that evaluates trial ``t`` (see the module docstring)."""
+    order = list(range(n_trials))
+    # A str seed is hashed with SHA-512 by random.Random: the same permutation on every
+    # Python version and platform, which is what lets pods agree without talking.
+    random.Random(f"mlvisor-shards:{seed}:{n_trials}").shuffle(order)
+    owners = [0] * n_trials
+    for position, trial in enumerate(order):
+        owners[trial] = position % workers
+    return owners
+
+
+def shard_trials(trials: list[Trial], index: int, workers: int, seed: int) -> list[Trial]:
+    owners = shard_owners(len(trials), workers, seed)
+    return [t for t in trials if owners[t.index] == index]
 
 
 def work_dir(output: Path, version: str) -> Path:
@@ -168,7 +186,7 @@ def run_shard(
 ) -> dict[int, TrialResult]:
     """Evaluate the trials of shard ``index`` not already recorded; return all of the shard's results."""
     trials = expand_grid(grid)
-    mine = shard_trials(trials, index, workers)
+    mine = shard_trials(trials, index, workers, random_state)
     path = shard_path(output, version, index, workers)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = read_results(path, repair=True)
@@ -228,7 +246,7 @@ def _best(results: Any) -> TrialResult | None:
 
 
 def collect_results(
-    grid: dict[str, list[Any]], output: Path, version: str, workers: int
+    grid: dict[str, list[Any]], output: Path, version: str, workers: int, random_state: int
 ) -> dict[int, TrialResult]:
     """Every shard file of the version merged; RuntimeError naming what is missing if incomplete."""
     trials = expand_grid(grid)
@@ -242,7 +260,8 @@ def collect_results(
                 results.update(found)
     missing = [t.index for t in trials if t.index not in results]
     if missing:
-        shards = sorted({i % workers for i in missing})
+        owners = shard_owners(len(trials), workers, random_state)
+        shards = sorted({owners[i] for i in missing})
         raise RuntimeError(
             f"select: {len(missing)} of {len(trials)} trials have no result in {wdir} "
             f"(trials {missing[:10]}{'...' if len(missing) > 10 else ''}, shards {shards} of "

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mlvisor.operator import api
 from mlvisor.trainer.artifact import read_metadata
@@ -19,6 +21,7 @@ from mlvisor.trainer.search import (
     expand_grid,
     read_results,
     select_best,
+    shard_owners,
     shard_path,
     shard_trials,
 )
@@ -56,10 +59,37 @@ def test_grid_expands_by_sorted_names_then_values_in_given_order() -> None:
     assert [t.index for t in trials] == [0, 1, 2, 3]
 
 
-def test_shards_partition_the_trials_round_robin() -> None:
-    trials = expand_grid({"a": list(range(7))})
-    shards = [shard_trials(trials, i, 3) for i in range(3)]
-    assert [[t.index for t in s] for s in shards] == [[0, 3, 6], [1, 4], [2, 5]]
+@given(st.integers(0, 300), st.integers(1, 12), st.integers(0, 2**31 - 1))
+def test_shards_partition_the_trials_in_sizes_that_differ_by_at_most_one(n: int, workers: int, seed: int) -> None:
+    trials = expand_grid({"a": list(range(n))}) if n else []
+    shards = [shard_trials(trials, i, workers, seed) for i in range(workers)]
+    indices = sorted(t.index for s in shards for t in s)
+    assert indices == list(range(n))  # every trial exactly once
+    sizes = [len(s) for s in shards]
+    assert max(sizes) - min(sizes) <= 1, sizes
+    assert shard_owners(n, workers, seed) == shard_owners(n, workers, seed)  # every pod and restart agrees
+
+
+def test_the_split_depends_on_the_seed_and_is_pinned_for_one() -> None:
+    # Pinned: a change here would make shards of a resumed search disagree across versions.
+    assert shard_owners(6, 2, 0) == [1, 0, 1, 0, 1, 0]
+    assert len({tuple(shard_owners(12, 2, seed)) for seed in range(20)}) > 1
+
+
+def test_an_aligned_grid_no_longer_sends_every_costly_trial_to_one_shard() -> None:
+    # bench/trainer_search.py's aligned grid: n_estimators (the cost) is the last name by sort
+    # order, with 2 values, so with t % 2 shard 1 got every n_estimators=100 trial.
+    grid = {"n_estimators": [50, 100], "max_depth": [8, 16, None], "max_features": ["sqrt", 0.3]}
+    trials = expand_grid(grid)
+    round_robin = [sum(t.params["n_estimators"] for t in trials if t.index % 2 == i) for i in range(2)]
+    assert round_robin[0] != round_robin[1] and min(round_robin) == 50 * 6  # every costly trial on one shard
+    imbalance = []
+    for seed in range(200):
+        cost = [sum(t.params["n_estimators"] for t in shard_trials(trials, i, 2, seed)) for i in range(2)]
+        imbalance.append(abs(cost[0] - cost[1]) / sum(cost))
+    assert sum(imbalance) / len(imbalance) < 0.5 * abs(round_robin[0] - round_robin[1]) / sum(round_robin)
+    cost0 = [sum(t.params["n_estimators"] for t in shard_trials(trials, i, 2, 0)) for i in range(2)]
+    assert abs(cost0[0] - cost0[1]) <= 100, cost0  # the default randomState: within one costly trial
 
 
 def test_ties_go_to_the_lowest_trial_index() -> None:
@@ -115,11 +145,13 @@ def test_a_restarted_shard_resumes_and_does_not_redo_finished_trials(tmp_path: P
     # a shard that died after its first trial, mid-way through writing the second line
     path = shard_path(tmp_path / "crashed", "v1", 0, 2)
     path.parent.mkdir(parents=True)
-    first = clean_results[0]
+    mine = [t.index for t in shard_trials(expand_grid(GRID), 0, 2, spec.random_state)]
+    assert len(mine) == 3 and sorted(clean_results) == mine
+    first = clean_results[mine[0]]
     path.write_text(first.to_json() + "\n" + first.to_json()[:20])
     _, log = run_mode(tmp_path / "crashed", spec, worker_index=0, workers=2)
     evaluated = [e["trial"] for e in log if e["event"] == "trial"]
-    assert evaluated == [2, 4]  # trial 0 was reused, not re-run
+    assert evaluated == mine[1:]  # the shard's first trial was reused, not re-run
     assert next(e for e in log if e["event"] == "shard")["resumed"] == 1
     assert read_results(path) == clean_results
     assert len(path.read_text().splitlines()) == 3  # the torn line was cut off, not kept
@@ -150,7 +182,7 @@ def test_results_recorded_for_another_grid_are_not_reused(tmp_path: Path) -> Non
     with pytest.raises(RuntimeError, match="belongs to a different spec with the same version"):
         run_mode(tmp_path, other, worker_index=0, workers=2)
     with pytest.raises(RuntimeError, match="belongs to a different spec"):
-        collect_results(other.search.grid, tmp_path, "v1", 2)  # type: ignore[union-attr]
+        collect_results(other.search.grid, tmp_path, "v1", 2, 0)  # type: ignore[union-attr]
 
 
 def test_the_log_tells_the_story_of_a_search(tmp_path: Path) -> None:
