@@ -83,9 +83,39 @@ def _read_only_everything_but(keep: set[str]) -> None:
         subprocess.run(["mount", "-o", "remount,bind,ro", target], capture_output=True)
 
 
+def _keep_visible(paths: list[str]) -> dict[str, int]:
+    """Open what the pod must still see (the checkout, the interpreter) before anything is mounted.
+
+    A pod's volume may be mounted over an ancestor of the checkout: the operator's emptyDir
+    at /tmp hides a checkout cloned under /tmp. Without an image, the checkout *is* the image,
+    so it is bound back at its own path from a descriptor opened beforehand (a magic link
+    resolves to the directory itself, whatever is mounted over its path since).
+    """
+    fds: dict[str, int] = {}
+    for path in paths:
+        if path not in fds and os.path.isdir(path):
+            fds[path] = os.open(path, os.O_PATH | os.O_DIRECTORY)
+    return fds
+
+
+def _rebind_hidden(target: str, fds: dict[str, int]) -> None:
+    """After mounting over ``target``, bind back every kept path that lies under it."""
+    for path, fd in sorted(fds.items()):
+        if path != target and path.startswith(target.rstrip("/") + "/") and fd >= 0:
+            os.makedirs(path, exist_ok=True)
+            proc = subprocess.run(["mount", "--no-canonicalize", "--bind", f"/proc/self/fd/{fd}", path],
+                                  capture_output=True, text=True, pass_fds=(fd,))
+            if proc.returncode != 0:
+                raise SystemExit(f"process node: the volume at {target} hides {path} and binding it back "
+                                 f"failed: {proc.stderr.strip()}")
+            fds[path] = -1  # bound back once; later mounts over it would be the pod's own choice
+
+
 def main() -> None:
     config = json.loads(Path(sys.argv[1]).read_text())
     mounts = config["mounts"]  # [{host, path, readOnly}]
+    repo = str(Path(__file__).resolve().parents[2])
+    kept = _keep_visible([repo, sys.prefix, sys.base_prefix])
     termination = config.get("termination")  # [host file, container path] or None
     for m in mounts:
         _ensure_mountpoint(Path(m["path"]), Path(m["host"]).is_dir())
@@ -96,6 +126,7 @@ def main() -> None:
         _mount("--bind", m["host"], m["path"])
         if m.get("readOnly"):
             _mount("-o", "remount,bind,ro", m["path"])
+        _rebind_hidden(m["path"], kept)
     if termination and not termination[1].startswith("/dev/"):
         _mount("--bind", termination[0], termination[1])
     if config.get("readOnlyRootFilesystem"):
