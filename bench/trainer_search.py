@@ -35,10 +35,10 @@ BASE: dict[str, Any] = {
                   "params": {"random_state": 0, "n_jobs": 1}},
     "workers": 2,
 }
-#: Two grids of 12 trials x 3 folds. Shard i takes trials t % N == i and the last parameter by
-#: sorted name (n_estimators, the one that sets the cost) varies fastest: with 3 values the
-#: shards get a mix of cheap and costly trials; with 2 values shard 0 gets every 50-tree trial
-#: and shard 1 every 100-tree trial under round-robin sharding (t % 2); balanced shards split it.
+#: Two grids of 12 trials x 3 folds. The last parameter by sorted name (n_estimators, the one
+#: that sets the cost) varies fastest: with 3 values round-robin shards (t % N) got a mix of
+#: cheap and costly trials; with 2 values shard 0 got every 50-tree trial and shard 1 every
+#: 100-tree trial. Balanced shards (a seeded permutation before p % N) split both evenly.
 GRIDS: dict[str, dict[str, Any]] = {
     "mixed": {"grid": {"n_estimators": [40, 80, 120], "max_depth": [8, None],
                        "max_features": ["sqrt", 0.3]}, "cv": 3},
