@@ -369,7 +369,7 @@ def _models_folder(cluster: Cluster) -> Path:
 def test_a_broken_model_rolls_back_to_the_last_good_version(cluster: Cluster, kube: World, unique: str) -> None:
     built_only(cluster, "a broken artifact is written into the claim's folder on the node")
     kube.create(TJ, unique, iris())
-    kube.create(MS, unique, {"model": {"trainingJobRef": {"name": unique}}, "replicas": 1, "startupTimeoutSeconds": 10,
+    kube.create(MS, unique, {"model": {"trainingJobRef": {"name": unique}}, "replicas": 1, "startupTimeoutSeconds": 60,
                              "supervision": {"maxRestarts": 1, "periodSeconds": 600, "onExhausted": "Rollback"}})
     kube.wait_condition(MS, unique, "Ready", timeout=TRAIN_TIMEOUT + SERVE_TIMEOUT)
     good = kube.status(MS, unique)
