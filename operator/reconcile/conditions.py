@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from mlvisor.operator import api
-from mlvisor.operator.supervision import Failure
+from mlvisor.operator.supervision import Failure, SupervisorState
 
 __all__ = [
     "find_condition",
@@ -48,6 +48,23 @@ def to_timestamp(d: dt.datetime) -> float:
     if d.tzinfo is None:
         d = d.replace(tzinfo=dt.UTC)
     return ((d - _EPOCH) // _MICROSECOND) / 1_000_000
+
+
+def supervisor_state(sup: api.SupervisionStatus | api.PipelineSupervisionStatus) -> SupervisorState:
+    """The pure core's memory as a resource's status.supervision keeps it across operator restarts."""
+    return SupervisorState(
+        restart_times=tuple(to_timestamp(t) for t in sup.restart_times),
+        total_restarts=sup.total_restarts,
+        seen_failures=tuple(sup.seen_failures),
+    )
+
+
+def store_supervisor_state(sup: api.SupervisionStatus | api.PipelineSupervisionStatus, state: SupervisorState,
+                           seen_failures: Sequence[str] | None = None) -> None:
+    """Write ``state`` back into status.supervision (``seen_failures`` when the caller compacts them)."""
+    sup.restart_times = [from_timestamp(t) for t in state.restart_times]
+    sup.total_restarts = state.total_restarts
+    sup.seen_failures = list(state.seen_failures if seen_failures is None else seen_failures)
 
 
 def quantize(t: float) -> float:

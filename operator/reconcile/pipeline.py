@@ -75,6 +75,8 @@ from mlvisor.operator.reconcile.conditions import (
     find_condition,
     from_timestamp,
     quantize,
+    store_supervisor_state,
+    supervisor_state,
     to_timestamp,
 )
 from mlvisor.operator.reconcile.plan import (
@@ -93,7 +95,6 @@ from mlvisor.operator.supervision import (
     Decision,
     Failure,
     Policy,
-    SupervisorState,
     Verdict,
     children_to_restart,
     restarts_in_window,
@@ -308,20 +309,6 @@ class _PipelineReconcile(ConditionWriter):
             child_names=CHILD_NAMES,
         )
 
-    def _supervisor_state(self) -> SupervisorState:
-        sup = self.status.supervision
-        return SupervisorState(
-            restart_times=tuple(to_timestamp(t) for t in sup.restart_times),
-            total_restarts=sup.total_restarts,
-            seen_failures=tuple(sup.seen_failures),
-        )
-
-    def _store_state(self, state: SupervisorState) -> None:
-        sup = self.status.supervision
-        sup.restart_times = [from_timestamp(t) for t in state.restart_times]
-        sup.total_restarts = state.total_restarts
-        sup.seen_failures = list(state.seen_failures)
-
     def _serving_words(self) -> str:
         st = self.status
         if st.serving_version is not None and not self._server_failed() and self._server() is not None:
@@ -440,10 +427,10 @@ class _PipelineReconcile(ConditionWriter):
         for exit_ in (self._training_exit(), self._serving_exit()):
             if exit_ is None:
                 continue
-            decision, state = supervise_exit(self._supervisor_state(), exit_, policy, self.now)
+            decision, state = supervise_exit(supervisor_state(self.status.supervision), exit_, policy, self.now)
             if decision.verdict is Verdict.DUPLICATE:
                 continue
-            self._store_state(state)
+            store_supervisor_state(self.status.supervision, state)
             if exit_.succeeded:
                 self._run_succeeded()
                 continue

@@ -53,6 +53,8 @@ from mlvisor.operator.reconcile.conditions import (
     find_condition,
     from_timestamp,
     quantize,
+    store_supervisor_state,
+    supervisor_state,
     to_timestamp,
 )
 from mlvisor.operator.reconcile.plan import (
@@ -71,7 +73,6 @@ from mlvisor.operator.supervision import (
     SEEN_FAILURES_KEPT,
     Failure,
     Policy,
-    SupervisorState,
     Verdict,
     describe_failure,
     quote_message,
@@ -321,11 +322,7 @@ class _ServingReconcile(ConditionWriter):
         """Count the server's new failures. True when it escalated."""
         st = self.status
         sup = st.supervision
-        state = SupervisorState(
-            restart_times=tuple(to_timestamp(t) for t in sup.restart_times),
-            total_restarts=sup.total_restarts,
-            seen_failures=tuple(sup.seen_failures),
-        )
+        state = supervisor_state(sup)
         policy = self._policy()
         escalated = None
         for exit_ in self._exits():
@@ -358,9 +355,7 @@ class _ServingReconcile(ConditionWriter):
                         message=f"server pod {exit_.pod} cannot load model version {st.model_version}: {said}",
                     )
                 break
-        sup.restart_times = [from_timestamp(t) for t in state.restart_times]
-        sup.total_restarts = state.total_restarts
-        sup.seen_failures = _compact_seen(state.seen_failures, {p.name for p in self.pods})
+        store_supervisor_state(sup, state, _compact_seen(state.seen_failures, {p.name for p in self.pods}))
         if escalated is None:
             return False
         self._escalate(escalated.reason, escalated.message)

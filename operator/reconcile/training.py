@@ -59,6 +59,8 @@ from mlvisor.operator.reconcile.conditions import (
     find_condition,
     from_timestamp,
     quantize,
+    store_supervisor_state,
+    supervisor_state,
     to_timestamp,
 )
 from mlvisor.operator.reconcile.plan import (
@@ -75,7 +77,6 @@ from mlvisor.operator.supervision import (
     Decision,
     Failure,
     Policy,
-    SupervisorState,
     Verdict,
     restarts_in_window,
     supervise_exit,
@@ -426,20 +427,6 @@ class _TrainingReconcile(ConditionWriter):
             children=children,
         )
 
-    def _supervisor_state(self) -> SupervisorState:
-        sup = self.status.supervision
-        return SupervisorState(
-            restart_times=tuple(to_timestamp(t) for t in sup.restart_times),
-            total_restarts=sup.total_restarts,
-            seen_failures=tuple(sup.seen_failures),
-        )
-
-    def _store_state(self, state: SupervisorState) -> None:
-        sup = self.status.supervision
-        sup.restart_times = [from_timestamp(t) for t in state.restart_times]
-        sup.total_restarts = state.total_restarts
-        sup.seen_failures = list(state.seen_failures)
-
     def _exit_of(self, child: int, rec: api.WorkerStatus) -> Failure | None:
         """The exit of a running child's current pod, if it has one to report."""
         if rec.phase not in _ACTIVE:
@@ -478,10 +465,10 @@ class _TrainingReconcile(ConditionWriter):
             exit_ = self._exit_of(child, rec)
             if exit_ is None:
                 continue
-            decision, state = supervise_exit(self._supervisor_state(), exit_, self._policy(), self.now)
+            decision, state = supervise_exit(supervisor_state(self.status.supervision), exit_, self._policy(), self.now)
             if decision.verdict is Verdict.DUPLICATE:
                 continue
-            self._store_state(state)
+            store_supervisor_state(self.status.supervision, state)
             rec.last_exit_code = exit_.exit_code
             rec.last_reason = exit_.reason
             if not exit_.succeeded:
