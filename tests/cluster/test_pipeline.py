@@ -10,7 +10,6 @@ run is deleted by runHistoryLimit; deleting the pipeline garbage-collects every 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ import yaml
 
 from cluster.conftest import NAMESPACE, REPO, Cluster
 from cluster.test_cluster import TRAIN_TIMEOUT, _models_folder, built_only
+from helpers.datasets import write_iris_csv
 from integration.world import World, eventually
 
 pytestmark = [pytest.mark.cluster]
@@ -37,18 +37,6 @@ def _pipeline_doc(name: str, csv: str, max_depth: int | None = None) -> dict[str
     spec["promotion"] = {"mustImprove": True}
     spec["runHistoryLimit"] = 1
     return doc
-
-
-def _write_iris_csv(path: Path) -> None:
-    from sklearn.datasets import load_iris
-
-    data = load_iris()
-    lines = ["sepal_length,sepal_width,petal_length,petal_width,species"]
-    lines += [",".join(f"{v:g}" for v in row) + f",{label}" for row, label in zip(data.data, data.target)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.rename(path)
 
 
 def _run(status: dict[str, Any], n: int, name: str) -> dict[str, Any] | None:
@@ -76,7 +64,7 @@ def test_a_pipeline_restarts_training_serves_gates_and_is_garbage_collected(clus
     failure = status["supervision"]["lastFailure"]
     assert (failure["child"], failure["exitCode"]) == ("training", 2), failure
     assert kube.status("TrainingJob", f"{unique}-1")["phase"] == "Failed"
-    _write_iris_csv(csv)
+    write_iris_csv(csv)
 
     # Run 2 trains on the file, passes the gate, and its model is served by the pipeline's ModelServer.
     cluster.kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", f"--timeout={2 * TRAIN_TIMEOUT:.0f}s",

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers.datasets import write_iris_csv
+
 pytestmark = pytest.mark.slow
 
 KNOWN_ROWS = [([5.1, 3.5, 1.4, 0.2], 0), ([7.0, 3.2, 4.7, 1.4], 1), ([6.3, 3.3, 6.0, 2.5], 2)]
@@ -43,18 +45,6 @@ def _predict(url: str) -> list[int]:
     with urllib.request.urlopen(req, timeout=10) as resp:
         answer = json.loads(resp.read())
     return [int(v) for v in next(o for o in answer["outputs"] if o["name"] == "predict")["data"]]
-
-
-def _write_iris_csv(path: Path) -> None:
-    from sklearn.datasets import load_iris
-
-    data = load_iris()
-    lines = ["sepal_length,sepal_width,petal_length,petal_width,species"]
-    lines += [",".join(f"{v:g}" for v in row) + f",{label}" for row, label in zip(data.data, data.target)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.rename(path)  # the trainer never sees half a file
 
 
 def _from_sample(samples: Path, max_depth: int | None = None) -> str:
@@ -92,7 +82,7 @@ def test_a_run_without_its_data_is_restarted_by_the_pipeline_then_served_and_a_w
     assert status["TrainingJob/default/iris-1"]["phase"] == "Failed"
     restart_at = _time(pipeline["supervision"]["nextRestartTime"])
     assert restart_at - _time(_run(status, 1)["completionTime"]) == pytest.approx(BACKOFF, abs=0.01)
-    _write_iris_csv(csv)
+    write_iris_csv(csv)
 
     # Run 2, started by the pipeline after the back-off, trains on the file, passes the gate and is served.
     served = run.wait_for("the pipeline serving run 2", lambda s: _pipeline(s)["phase"] == "Serving" and _pipeline(s))
