@@ -110,6 +110,38 @@ def test_pod_security_restricted_is_enforced_where_the_samples_run(cluster: Clus
     assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr
 
 
+def test_a_pod_whose_volume_appears_later_starts_once_it_exists(cluster: Cluster, unique: str) -> None:
+    # What a first `kubectl apply` of a new namespace and its workload meets on any cluster: a
+    # ConfigMap, Secret or claim a pod mounts may appear a moment after the pod. The kubelet
+    # retries the mount (Warning FailedMount, the pod stays ContainerCreating) until it can;
+    # the process node must too, or a slow root-CA publisher strands the operator's own pod.
+    restricted = {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": unique, "namespace": NAMESPACE},
+           "spec": {"restartPolicy": "Never", "securityContext": restricted,
+                    "containers": [{"name": "c", "image": "python:3.11-slim",
+                                    "command": ["python", "-c", "print(open('/cfg/greeting').read())"],
+                                    "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}],
+                                    "securityContext": {"allowPrivilegeEscalation": False,
+                                                        "capabilities": {"drop": ["ALL"]}}}],
+                    "volumes": [{"name": "cfg", "configMap": {"name": unique}}]}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    try:
+        def failed_mount() -> bool:
+            events = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "events", "-o", "json",
+                                                "--field-selector", f"involvedObject.name={unique}").stdout)["items"]
+            return any(e["reason"] == "FailedMount" and unique in e["message"] for e in events)
+
+        eventually(failed_mount, 60, what="a FailedMount Warning for the missing ConfigMap")
+        got = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "pod", unique, "-o", "json").stdout)
+        assert got["status"]["phase"] == "Pending", got["status"]
+        cluster.kubectl("-n", NAMESPACE, "create", "configmap", unique, "--from-literal=greeting=hello from later")
+        eventually(lambda: json.loads(cluster.kubectl("-n", NAMESPACE, "get", "pod", unique, "-o", "json").stdout)
+                   ["status"].get("phase") == "Succeeded", 60, what="the pod ran once its ConfigMap existed")
+        assert "hello from later" in cluster.kubectl("-n", NAMESPACE, "logs", unique).stdout
+    finally:
+        cluster.kubectl("-n", NAMESPACE, "delete", "pod,configmap", unique, "--ignore-not-found", "--wait=false")
+
+
 # ---------------------------------------------------------------------------------- schema
 
 

@@ -161,6 +161,7 @@ class PodRunner:
         self._writer: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._token_tasks: list[asyncio.Task[None]] = []
+        self._setup_failures = 0
 
     # ----- the API side -------------------------------------------------------------------
 
@@ -263,18 +264,19 @@ class PodRunner:
             await self.event("Warning", "Failed", self.message)
             return
         self.push()
-        try:
-            await self._setup()
-        except (PodError, ManifestError) as e:
-            reason = e.reason if isinstance(e, PodError) else "CreateContainerConfigError"
-            self.state = {"waiting": {"reason": reason, "message": str(e)}}
-            self.push()
-            await self.event("Warning", "FailedMount" if reason == "FailedMount" else "Failed", str(e))
-            await self.deleting.wait()
+        # As the kubelet's volume manager does, a volume that cannot be set up yet (the
+        # namespace's kube-root-ca.crt not yet published, a claim not yet bound, a secret
+        # created a moment later) is retried with a back-off until it can, or the pod goes.
+        if not await self._retrying(self._setup):
             return
         delay = self.node.backoff_initial
         while not self.deleting.is_set():
-            ran = await self._run_once()
+            try:
+                ran = await self._run_once()
+            except (PodError, ManifestError) as e:  # a config error is retried too (CreateContainerConfigError)
+                if not await self._wait_after(e, setup=False):
+                    return
+                continue
             if self.deleting.is_set():
                 break
             code = int(self.state.get("terminated", {}).get("exitCode", 1))
@@ -297,10 +299,39 @@ class PodRunner:
                 await asyncio.wait_for(self.deleting.wait(), delay)
             delay = min(delay * 2, self.node.backoff_max)
 
+    async def _retrying(self, step) -> bool:
+        """Run ``step`` until it succeeds (True) or the pod is deleted meanwhile (False)."""
+        while not self.deleting.is_set():
+            try:
+                await step()
+                return True
+            except (PodError, ManifestError) as e:
+                if not await self._wait_after(e, setup=True):
+                    return False
+        return False
+
+    async def _wait_after(self, e: Exception, *, setup: bool) -> bool:
+        """Report ``e`` in the container state and an Event, then back off; False once deleted."""
+        reason = e.reason if isinstance(e, PodError) else "CreateContainerConfigError"
+        self.state = {"waiting": {"reason": "ContainerCreating" if setup else reason, "message": str(e)}}
+        self.push()
+        await self.event("Warning", "FailedMount" if reason == "FailedMount" else "Failed", str(e))
+        self._setup_failures += 1
+        delay = min(0.5 * 2 ** (self._setup_failures - 1), 8.0)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.deleting.wait(), delay)
+        return not self.deleting.is_set()
+
     async def _setup(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.pod_ip, self.netns = await self.node.allocate_ip(self)
+        if self.pod_ip is None:
+            self.pod_ip, self.netns = await self.node.allocate_ip(self)
+        for t in self._token_tasks:  # a failed earlier attempt may have started some
+            t.cancel()
+        self._token_tasks.clear()
         self.folders = await self._volumes()
+        self._setup_failures = 0
+        self.state = {"waiting": {"reason": "ContainerCreating"}}
         self.push()
 
     async def _volumes(self) -> dict[str, Path]:
