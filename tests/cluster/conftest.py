@@ -70,7 +70,28 @@ def _deploy(c: Cluster, reused: bool) -> None:
     c.kubectl("wait", "--for=condition=Established", "--timeout=60s",
               "crd/trainingjobs.mlvisor.dev", "crd/modelservers.mlvisor.dev", "crd/modelpipelines.mlvisor.dev")
     _label_restricted(c)
-    c.kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/mlvisor-operator", "--timeout=180s", timeout=200)
+    rollout = c.kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/mlvisor-operator", "--timeout=180s",
+                        timeout=200, check=False)
+    if rollout.returncode != 0:
+        raise AssertionError(f"the operator did not become available:\n{rollout.stdout}{rollout.stderr}\n"
+                             + _diagnose(c))
+
+
+def _diagnose(c: Cluster) -> str:
+    """What a reader of a failed run needs to see why the operator is not up (CI shows only this)."""
+    parts = []
+    for args in (("get", "pods", "-A", "-o", "wide"),
+                 ("-n", OPERATOR_NS, "describe", "pods"),
+                 ("-n", OPERATOR_NS, "logs", "deployment/mlvisor-operator", "--tail=60", "--all-containers"),
+                 ("-n", OPERATOR_NS, "logs", "deployment/mlvisor-operator", "--tail=60", "--previous"),
+                 ("get", "events", "-A", "--sort-by=.lastTimestamp")):
+        proc = c.kubectl(*args, check=False, timeout=30)
+        parts.append(f"$ kubectl {' '.join(args)}\n{proc.stdout}{proc.stderr}")
+    if c.state_dir is not None:
+        log = c.state_dir / "logs" / "node.log"
+        if log.exists():
+            parts.append(f"$ tail {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-80:]))
+    return "\n".join(parts)
 
 
 @pytest.fixture(scope="session")
