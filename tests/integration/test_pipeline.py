@@ -153,6 +153,8 @@ def test_an_invalid_pipeline_gets_invalid_spec_and_no_children(world: World, ope
     world.create(MP, "huge", spec)
     failed = world.wait_condition(MP, "huge", "Failed", reason="InvalidSpec")
     assert "spec.training.search.grid" in failed["message"]
+    # The Warning is posted after the status patch: wait for it before asserting there is one.
+    assert world.wait_event("huge", "InvalidSpec")["type"] == "Warning"
     stays(lambda: not world.exists("/apis/mlvisor.dev/v1alpha1/namespaces/default/trainingjobs/huge-1")
           and world.event_reasons("huge").count("InvalidSpec") == 1, 1.0, "no run, one Warning")
 
