@@ -110,7 +110,7 @@ def test_operator_sigkilled_at_random_points_changes_no_outcome(bare: Any, tmp_p
     op = Operator(plane.kubeconfig, tmp_path)
     op.start()
     kubelet = Kubelet(world, outcome, seed=1).start()
-    killer = Killer(op, seed=2, between=(0.5, 2.5)).start()
+    killer = Killer(op, seed=2, between=(2.0, 6.0)).start()
     jobs = [f"cc-{i}" for i in range(JOBS)]
     servers = [f"ms-{i}" for i in range(SERVERS)]
     try:
