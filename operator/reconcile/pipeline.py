@@ -88,7 +88,6 @@ from mlvisor.operator.reconcile.plan import (
     Plan,
     RecordEvent,
 )
-from mlvisor.operator.reconcile.serving import check_server_spec
 from mlvisor.operator.reconcile.training import check_training_spec, run_spec_hash
 from mlvisor.operator.supervision import (
     SEEN_FAILURES_KEPT,
