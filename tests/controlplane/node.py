@@ -315,7 +315,7 @@ class PodRunner:
         reason = e.reason if isinstance(e, PodError) else "CreateContainerConfigError"
         self.state = {"waiting": {"reason": "ContainerCreating" if setup else reason, "message": str(e)}}
         self.push()
-        await self.event("Warning", "FailedMount" if reason == "FailedMount" else "Failed", str(e))
+        await self.event("Warning", reason if reason in ("FailedMount", "FailedCreatePodSandBox") else "Failed", str(e))
         self._setup_failures += 1
         delay = min(0.5 * 2 ** (self._setup_failures - 1), 8.0)
         with contextlib.suppress(asyncio.TimeoutError):
