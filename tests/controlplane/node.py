@@ -161,7 +161,7 @@ class PodRunner:
         self._writer: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._token_tasks: list[asyncio.Task[None]] = []
-        self._setup_failures = 0
+        self._start_failures = 0
 
     # ----- the API side -------------------------------------------------------------------
 
@@ -267,8 +267,13 @@ class PodRunner:
         # As the kubelet's volume manager does, a volume that cannot be set up yet (the
         # namespace's kube-root-ca.crt not yet published, a claim not yet bound, a secret
         # created a moment later) is retried with a back-off until it can, or the pod goes.
-        if not await self._retrying(self._setup):
-            return
+        while True:
+            try:
+                await self._setup()
+                break
+            except (PodError, ManifestError) as e:
+                if not await self._wait_after(e, setup=True):
+                    return
         delay = self.node.backoff_initial
         while not self.deleting.is_set():
             try:
@@ -299,25 +304,14 @@ class PodRunner:
                 await asyncio.wait_for(self.deleting.wait(), delay)
             delay = min(delay * 2, self.node.backoff_max)
 
-    async def _retrying(self, step) -> bool:
-        """Run ``step`` until it succeeds (True) or the pod is deleted meanwhile (False)."""
-        while not self.deleting.is_set():
-            try:
-                await step()
-                return True
-            except (PodError, ManifestError) as e:
-                if not await self._wait_after(e, setup=True):
-                    return False
-        return False
-
     async def _wait_after(self, e: Exception, *, setup: bool) -> bool:
         """Report ``e`` in the container state and an Event, then back off; False once deleted."""
         reason = e.reason if isinstance(e, PodError) else "CreateContainerConfigError"
         self.state = {"waiting": {"reason": "ContainerCreating" if setup else reason, "message": str(e)}}
         self.push()
         await self.event("Warning", reason if reason in ("FailedMount", "FailedCreatePodSandBox") else "Failed", str(e))
-        self._setup_failures += 1
-        delay = min(0.5 * 2 ** (self._setup_failures - 1), 8.0)
+        self._start_failures += 1
+        delay = min(0.5 * 2 ** (self._start_failures - 1), 8.0)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.deleting.wait(), delay)
         return not self.deleting.is_set()
@@ -330,7 +324,7 @@ class PodRunner:
             t.cancel()
         self._token_tasks.clear()
         self.folders = await self._volumes()
-        self._setup_failures = 0
+        self._start_failures = 0
         self.state = {"waiting": {"reason": "ContainerCreating"}}
         self.push()
 
