@@ -3,18 +3,24 @@
 #   trainer:  python -m mlvisor.trainer ...   (worker pods, built by the operator)
 #   server:   python -m mlvisor.server ...    (ModelServer pods, built by the operator)
 #
+# BASE: any Debian with Python 3.11 (python, venv, groupadd/useradd). The test suite's node builds
+# on a debootstrap bookworm where Docker Hub cannot be reached (tests/controlplane/images.py).
+ARG BASE=python:3.11-slim
+
 # Build stage: a virtualenv with mlvisor and its dependencies (all from wheels).
-FROM python:3.11-slim AS build
+FROM ${BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/mlvisor
 WORKDIR /src
-# Dependencies first, in their own layer: code changes do not reinstall scikit-learn.
-COPY pyproject.toml README.md ./
+# Dependencies first, in their own layer that only pyproject.toml invalidates: code and README
+# changes do not reinstall (or recompile) scikit-learn.
+COPY pyproject.toml ./
 RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
     > /tmp/requirements.txt
-RUN /opt/mlvisor/bin/pip install -r /tmp/requirements.txt
-COPY mlvisor/ mlvisor/
+RUN /opt/mlvisor/bin/pip install -r /tmp/requirements.txt \
+ && /opt/mlvisor/bin/python -m compileall -q /opt/mlvisor/lib
+COPY README.md ./
 COPY operator/ operator/
 COPY server/ server/
 COPY trainer/ trainer/
@@ -24,7 +30,7 @@ RUN /opt/mlvisor/bin/pip install --no-deps . \
  && /opt/mlvisor/bin/python -m compileall -q /opt/mlvisor/lib
 
 # Final stage: the same slim base, the virtualenv, a non-root user; no compilers, no pip cache.
-FROM python:3.11-slim
+FROM ${BASE}
 LABEL org.opencontainers.image.title="mlvisor" \
       org.opencontainers.image.description="Train and serve scikit-learn models on Kubernetes, supervised like Erlang/OTP" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -1,20 +1,20 @@
-# The user's verbs. Cluster verbs need docker, kind and kubectl; `make help` lists them.
+# The user's verbs. kind verbs need docker, kind and kubectl; controlplane verbs need root, Go, kubectl and
+# Debian's containerd, runc, containernetworking-plugins and buildah (or docker/podman). `make help` lists them.
 
 CLUSTER  ?= mlvisor
 IMAGE    ?= mlvisor:dev
 PYTHON   ?= .venv/bin/python
 KUBECTL  ?= kubectl
 KIND     ?= kind
-DOCKER   ?= docker
 NS       ?= default
 PORT     ?= 8000
 TIMEOUT  ?= 300s
 KUBECONFIG_E2E ?= $(CURDIR)/build/kind-$(CLUSTER).kubeconfig
-NODE     ?= process
+NODE     ?= kubelet
 CONTROLPLANE = PYTHONPATH=$(CURDIR)/tests $(PYTHON) -m controlplane
 
 .DEFAULT_GOAL := help
-.PHONY: help install test bench crds controlplane-build controlplane-up controlplane-down kind-up image load deploy demo e2e kind-down
+.PHONY: help install test bench bench-operator crds controlplane-build controlplane-up controlplane-down kind-up image load deploy demo e2e kind-down
 
 help: ## list the verbs
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-19s %s\n", $$1, $$2}'
@@ -32,23 +32,30 @@ bench: ## benchmarks: serving vs MLServer (~15 min), search speedup 1 vs 2 worke
 	$(PYTHON) bench/trainer_search.py
 	$(PYTHON) bench/sustained.py
 
-crds: ## regenerate manifests/crds/ from operator/api.py
+BENCH_N     ?= 100
+BENCH_PLANE ?= $(CURDIR)/build/bench-plane
+bench-operator: ## TrainingJobs vs Jobs on a node-less control plane of its own (BENCH_N=100 each, ~4 min): pods/s, create -> first pod, RSS, API calls
+	$(CONTROLPLANE) up --node none --state-dir $(BENCH_PLANE)
+	KUBECONFIG=$(BENCH_PLANE)/kubeconfig $(PYTHON) bench/operator.py --n $(BENCH_N); \
+	  status=$$?; $(CONTROLPLANE) down --state-dir $(BENCH_PLANE); exit $$status
+
+crds: ## regenerate manifests/crds/ from the typed API (mlvisor.api)
 	$(PYTHON) -m mlvisor.operator.cli crds --output manifests/crds/
 
-controlplane-build: ## build (once per machine) kube-apiserver, controller-manager, scheduler and etcd from Go modules
+controlplane-build: ## build (cached) the control plane, kubelet and kube-proxy from Go modules, the pause image and mlvisor:dev
 	$(CONTROLPLANE) build
 
-controlplane-up: ## start the real control plane and a process node (NODE=none: no node); KUBECONFIG=build/controlplane/kubeconfig
+controlplane-up: ## start the control plane and a node (kubelet, containerd) running mlvisor:dev (NODE=none: no node)
 	$(CONTROLPLANE) up --node $(NODE)
 
-controlplane-down: ## stop the control plane, the node and every pod process
+controlplane-down: ## stop the control plane, the node and its containers; remove the node's namespace and cgroups
 	$(CONTROLPLANE) down
 
 kind-up: ## create the kind cluster from kind-config.yaml
 	$(KIND) get clusters | grep -qx $(CLUSTER) || $(KIND) create cluster --config kind-config.yaml --name $(CLUSTER)
 
-image: ## build the one image (operator, trainer, server)
-	$(DOCKER) build -t $(IMAGE) .
+image: ## build mlvisor:dev (operator, trainer, server) from the Dockerfile with docker, podman or buildah
+	$(CONTROLPLANE) image
 
 load: ## load the image into the kind cluster
 	$(KIND) load docker-image $(IMAGE) --name $(CLUSTER)

@@ -18,10 +18,11 @@ import tracemalloc
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
-from mlvisor.operator.resources_cli import ResourceError, load_resources  # noqa: E402
-from tests.unit.test_resource_files import BOMBS  # noqa: E402
+from helpers.resource_bombs import BOMBS  # noqa: E402
+from mlvisor.api.problems import ResourceError  # noqa: E402
+from mlvisor.operator.resources_cli import load_resources  # noqa: E402
 
 REPEATS = 20
 

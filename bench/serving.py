@@ -28,6 +28,15 @@ What it does:
    raw numbers in ``bench/results/``, and with ``--write-readme`` replaces the table in
    bench/README.md between the ``serving:begin``/``serving:end`` markers.
 
+With ``--against REF`` it measures a change instead: mlvisor at git ``REF`` (``git archive``
+into the run's folder, put first on PYTHONPATH) against mlvisor of the working tree, same
+artifact and body, alternating arm by arm and round by round, single-row V2 JSON at each
+``--concurrency``; the working tree is also asked by column name (one ``[1]`` FP64 input per
+feature, what a pandas-codec client sends), and, with ``--table``, a census-like Pipeline
+(ColumnTransformer with imputers and a OneHotEncoder, then the same forest) is served and
+asked by column name with strings and nulls. The table goes between the
+``serving-change:begin``/``serving-change:end`` markers with ``--write-readme``.
+
 Not a test: numbers depend on the machine (both servers and wrk share its cores).
 """
 
@@ -105,8 +114,8 @@ def prepare_models(work: Path) -> dict[str, dict]:
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
 
-    sys.path.insert(0, str(REPO))
-    from tests.helpers.artifacts import build_artifact  # the trainer's artifact format, written for tests too
+    sys.path.insert(0, str(REPO / "tests"))
+    from helpers.artifacts import build_artifact  # the trainer's artifact format, written for tests too
 
     models = {
         "RandomForest(100)": RandomForestClassifier(n_estimators=100, random_state=0),
@@ -172,6 +181,21 @@ def start_mlvisor(m: dict, logs: Path) -> tuple[Proc, str, str]:
     p = Proc("mlvisor", [sys.executable, "-m", "mlvisor.server"], env, base + "/v2/health/ready",
              logs / f"mlvisor-{m['key']}.log", REPO)
     return p, f"{base}/v2/models/{m['name']}/infer", f"127.0.0.1:{grpc}"
+
+
+def start_mlvisor_at(m: dict, logs: Path, tree: Path | None, tag: str) -> tuple[Proc, str]:
+    """mlvisor serving ``m`` from the working tree (``tree`` None) or from an exported tree."""
+    port = free_port()
+    env = dict(os.environ, MLVISOR_MODEL_DIR=str(m["artifact"]), MLVISOR_HOST="127.0.0.1",
+               MLVISOR_PORT=str(port), MLVISOR_GRPC_PORT="0", MLVISOR_MAX_BATCH_SIZE=str(MAX_BATCH_SIZE),
+               MLVISOR_MAX_LATENCY_MS=str(MAX_LATENCY_MS), MLVISOR_LOG_LEVEL="warning")
+    if tree is not None:  # the exported roots first: `mlvisor` is a namespace package, first portion wins
+        roots = [str(tree / r) for r in ("operator", "server", "trainer")]
+        env["PYTHONPATH"] = os.pathsep.join(roots + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    base = f"http://127.0.0.1:{port}"
+    p = Proc(f"mlvisor-{tag}", [sys.executable, "-m", "mlvisor.server"], env, base + "/v2/health/ready",
+             logs / f"mlvisor-{tag}-{m['key']}.log", REPO)
+    return p, f"{base}/v2/models/{m['name']}/infer"
 
 
 def start_mlserver(m: dict, exe: Path, logs: Path) -> tuple[Proc, str, str]:
@@ -289,7 +313,7 @@ def check_same_answer(url_a: str, url_b: str, body: bytes) -> None:
         req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as r:
             out = json.loads(r.read())["outputs"]
-        answers.append([o["data"] for o in out if o["name"] == "predict"][0])
+        answers.append(next(o["data"] for o in out if o["name"] == "predict"))
     assert [int(a) for a in answers[0]] == [int(b) for b in answers[1]], answers
 
 
@@ -351,6 +375,191 @@ def write_readme(text: str) -> None:
     readme.write_text(current)
 
 
+# ----------------------------------------------------------------------------- a change: before vs after
+CHANGE_ARMS = {
+    # key: (server, body, label)
+    "before": ("before", "json", "before: one [1, 4] tensor"),
+    "after": ("after", "json", "after: one [1, 4] tensor"),
+    "columns": ("after", "columns", "after: 4 named [1] columns"),
+}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(wrk: str, url: str, body: Path, conc: int, seconds: float, pid: int) -> dict:
+    """run_wrk plus the server's CPU time per answered request: less sensitive to other tenants than req/s."""
+    before = cpu_seconds(pid)
+    r = run_wrk(wrk, url, body, conc, seconds)
+    r["cpu_us"] = (cpu_seconds(pid) - before) / max(r["requests"], 1) * 1e6
+    return r
+
+
+def post_json(url: str, body: bytes) -> dict:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def table_model(work: Path) -> tuple[dict, bytes, int]:
+    """The census-like Pipeline (tests' helper) around RandomForest(100): model entry, one-row body, file size."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from helpers.artifacts import TABLE_COLUMNS, build_table_artifact
+
+    path, _, _ = build_table_artifact(work / "mlvisor" / "table", RandomForestClassifier(n_estimators=100, random_state=0),
+                                      name="census", rows=1000)
+    row = {"age": None, "workclass": "Private", "hours": 40, "education": "BSc"}
+    body = json.dumps({"inputs": [{"name": c["name"], "shape": [1], "datatype": c["datatype"], "data": [row[c["name"]]]}
+                                  for c in TABLE_COLUMNS], "outputs": [{"name": "predict"}]}).encode()
+    return {"key": "table", "artifact": path, "name": "census"}, body, (path / "model.skops").stat().st_size
+
+
+def compare_change(args: argparse.Namespace, wrk: str, work: Path, concurrency: tuple[int, ...]) -> str:
+    ref = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.against], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    tree = work / f"mlvisor-{ref}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "operator", "server", "trainer"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    models = prepare_models(work)
+    body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": ROW}],
+                       "outputs": [{"name": "predict"}]}).encode()
+    from sklearn.datasets import load_iris
+
+    names = list(load_iris().feature_names)
+    columns = json.dumps({"inputs": [{"name": n, "shape": [1], "datatype": "FP64", "data": [v]} for n, v in zip(names, ROW, strict=True)],
+                          "outputs": [{"name": "predict"}]}).encode()
+    files = {"json": work / "body.json", "columns": work / "body-columns.json"}
+    files["json"].write_bytes(body)
+    files["columns"].write_bytes(columns)
+    results: list[dict] = []
+    extra = ""
+    for label in args.models:
+        m = models[label]
+        procs: dict[str, Proc] = {}
+        try:
+            procs["before"], url_before = start_mlvisor_at(m, work, tree, ref)
+            procs["after"], url_after = start_mlvisor_at(m, work, None, "worktree")
+            for p in procs.values():
+                p.wait_ready()
+            urls = {"before": url_before, "after": url_after}
+            answers = [post_json(url_before, body), post_json(url_after, body), post_json(url_after, columns)]
+            assert len({json.dumps(a["outputs"]) for a in answers}) == 1, answers
+            arms = list(CHANGE_ARMS)
+            for rnd in range(args.rounds):
+                for conc in concurrency:
+                    order = arms[rnd % 3:] + arms[: rnd % 3]
+                    for arm in order:
+                        server, kind, _ = CHANGE_ARMS[arm]
+                        run_wrk(wrk, urls[server], files[kind], conc, args.warmup)
+                        r = measured(wrk, urls[server], files[kind], conc, args.duration, procs[server].proc.pid)
+                        r.update(arm=arm, model=label, conc=conc, round=rnd, load=os.getloadavg()[0])
+                        results.append(r)
+                        log(f"{label} c{conc} round {rnd} {arm}: {r['rps']:,.0f} req/s p50 {r['p50_us'] / 1000:.2f} ms "
+                            f"p99 {r['p99_us'] / 1000:.2f} ms, {r['cpu_us']:.0f} us CPU/request, errors {r['errors']} "
+                            f"(load {r['load']:.1f})")
+        finally:
+            for p in procs.values():
+                p.stop()
+    if args.table:
+        m, table_body, size = table_model(work)
+        files["table"] = work / "body-table.json"
+        files["table"].write_bytes(table_body)
+        plain = (models["RandomForest(100)"]["artifact"] / "model.skops").stat().st_size
+        p, url = start_mlvisor_at(m, work, None, "table")
+        try:
+            p.wait_ready()
+            post_json(url, table_body)
+            rf = models["RandomForest(100)"]
+            q, url_rf = start_mlvisor_at(rf, work, None, "worktree-rf")
+            try:
+                q.wait_ready()
+                for rnd in range(args.rounds):
+                    for conc in concurrency:
+                        pair = [("table", url, "table", p), ("forest", url_rf, "json", q)]
+                        for arm, u, kind, proc in (pair if rnd % 2 == 0 else pair[::-1]):
+                            run_wrk(wrk, u, files[kind], conc, args.warmup)
+                            r = measured(wrk, u, files[kind], conc, args.duration, proc.proc.pid)
+                            r.update(arm=arm, model="table", conc=conc, round=rnd, load=os.getloadavg()[0])
+                            results.append(r)
+                            log(f"table c{conc} round {rnd} {arm}: {r['rps']:,.0f} req/s p99 {r['p99_us'] / 1000:.2f} ms "
+                                f"errors {r['errors']} (load {r['load']:.1f})")
+            finally:
+                q.stop()
+        finally:
+            p.stop()
+        extra = (f"\n\nmodel.skops: {size:,} bytes for the census Pipeline (RandomForest(100) fitted on 1,000 rows of "
+                 f"4 columns, 2 of them strings) against {plain:,} bytes for RandomForest(100) on iris.")
+    stamp = work.name.split("-", 1)[1]
+    (RESULTS / f"serving-change-{stamp}.json").write_text(json.dumps(results, indent=1))
+    return change_table(results, ref, concurrency) + extra
+
+
+def change_table(results: list[dict], ref: str, concurrency: tuple[int, ...]) -> str:
+    def med(model: str, arm: str, conc: int, key: str) -> float:
+        vals = [r[key] for r in results if r["model"] == model and r["arm"] == arm and r["conc"] == conc]
+        return statistics.median(vals) if vals else float("nan")
+
+    def paired(model: str, a: str, b: str, conc: int, key: str = "rps") -> float:
+        """Median over rounds of the ratio a/b measured in the same round (a paired comparison)."""
+        by = {(r["arm"], r["round"]): r[key] for r in results if r["model"] == model and r["conc"] == conc}
+        ratios = [by[(a, k)] / by[(b, k)] for (arm, k) in by if arm == a and (b, k) in by]
+        return statistics.median(ratios) if ratios else float("nan")
+
+    loads = [r["load"] for r in results]
+    rounds = 1 + max(r["round"] for r in results)
+    lines = [
+        f"Run {dt.date.today().isoformat()} on {platform.node() or 'this host'}: {os.cpu_count()} vCPU; before = mlvisor at "
+        f"{ref}, after = the working tree; {rounds} rounds, arms alternating; 1-minute load average "
+        f"{min(loads):.1f} to {max(loads):.1f} (2 = both cores busy). Ratios are medians of per-round ratios.",
+        "",
+        "| model | conc | before req/s | after req/s | **after / before** | before p50 / p99 ms | after p50 / p99 ms"
+        " | CPU us/request before / after (ratio) | named columns req/s | **columns / tensor** | columns p50 / p99 ms"
+        " | columns CPU us/request (vs tensor) | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model in dict.fromkeys(r["model"] for r in results if r["model"] != "table"):
+        for conc in concurrency:
+            b, a, c = (med(model, k, conc, "rps") for k in ("before", "after", "columns"))
+            p = {k: (med(model, k, conc, "p50_us") / 1000, med(model, k, conc, "p99_us") / 1000)
+                 for k in ("before", "after", "columns")}
+            errors = sum(r["errors"] for r in results if r["model"] == model and r["conc"] == conc)
+            lines.append(
+                f"| {model} | {conc} | {b:,.0f} | {a:,.0f} | **{paired(model, 'after', 'before', conc):.3f}** | "
+                f"{p['before'][0]:.2f} / {p['before'][1]:.2f} | {p['after'][0]:.2f} / {p['after'][1]:.2f} | "
+                f"{med(model, 'before', conc, 'cpu_us'):.0f} / {med(model, 'after', conc, 'cpu_us'):.0f} "
+                f"({paired(model, 'after', 'before', conc, 'cpu_us'):.3f}) | {c:,.0f} | "
+                f"**{paired(model, 'columns', 'after', conc):.3f}** | {p['columns'][0]:.2f} / {p['columns'][1]:.2f} | "
+                f"{med(model, 'columns', conc, 'cpu_us'):.0f} ({paired(model, 'columns', 'after', conc, 'cpu_us'):.3f}) | {errors} |"
+            )
+    if any(r["model"] == "table" for r in results):
+        lines += ["", "| table model (after) | conc | req/s | p50 / p99 ms | vs the iris forest (one tensor) "
+                  "| CPU us/request (vs the forest) | errors |", "|---|---|---|---|---|---|---|"]
+        for conc in concurrency:
+            t = med("table", "table", conc, "rps")
+            lines.append(
+                f"| census Pipeline (imputers, OneHotEncoder, RandomForest(100)), 4 named columns with a string and a null "
+                f"| {conc} | {t:,.0f} | {med('table', 'table', conc, 'p50_us') / 1000:.2f} / "
+                f"{med('table', 'table', conc, 'p99_us') / 1000:.2f} | {paired('table', 'table', 'forest', conc):.3f}x | "
+                f"{med('table', 'table', conc, 'cpu_us'):.0f} ({paired('table', 'table', 'forest', conc, 'cpu_us'):.2f}x) | "
+                f"{sum(r['errors'] for r in results if r['model'] == 'table' and r['arm'] == 'table' and r['conc'] == conc)} |")
+    return "\n".join(lines)
+
+
+def write_block(text: str, name: str) -> None:
+    readme = BENCH / "README.md"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    current = readme.read_text()
+    head, rest = current.split(begin, 1)
+    readme.write_text(head + f"{begin}\n{text}\n{end}" + rest.split(end, 1)[1])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=10, help="seconds per measured point (default 10)")
@@ -363,8 +572,22 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["RandomForest(100)", "LogisticRegression"])
     ap.add_argument("--write-readme", action="store_true", help="replace the table in bench/README.md")
     ap.add_argument("--conditions", default="", help="a sentence on the machine's load during the run, for the table")
+    ap.add_argument("--against", metavar="REF", help="measure a change: mlvisor at git REF vs the working tree")
+    ap.add_argument("--table", action="store_true", help="with --against: also a table Pipeline asked by column name")
     args = ap.parse_args()
     concurrency = tuple(args.concurrency)
+    if args.against:
+        wrk = ensure_wrk()
+        RESULTS.mkdir(exist_ok=True)
+        work = RESULTS / f"change-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        work.mkdir()
+        text = compare_change(args, wrk, work, concurrency)
+        command = f"{os.path.relpath(sys.executable, REPO)} bench/serving.py " + " ".join(sys.argv[1:])
+        text = text + f"\n\nCommand: `{command.strip()}`"
+        print(text)
+        if args.write_readme:
+            write_block(text, "serving-change")
+        return 0
 
     exe, wrk = ensure_mlserver(), ensure_wrk()
     ghz = ghz_path()
@@ -408,7 +631,7 @@ def main() -> int:
                 assert grpc_answer(grpc_a, grpc_body) == grpc_answer(grpc_b, grpc_body), "gRPC answers differ"
             urls = {"mlvisor": (url_a, grpc_a), "mlserver": (url_b, grpc_b)}
 
-            def measure(server: str, scen: str, conc: int, seconds: float) -> dict:
+            def measure(server: str, scen: str, conc: int, seconds: float, urls: dict = urls) -> dict:
                 url, target = urls[server]
                 if scen == "grpc":
                     return run_ghz(ghz, target, protoset, grpc_file, conc, seconds)  # type: ignore[arg-type]

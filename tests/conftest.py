@@ -1,8 +1,9 @@
 """Suite-wide: how ``pytest -n 2`` (the README's test command) spreads the tiers over two workers.
 
-The cluster tier shares one control plane with a process node (one network bridge, one state
-folder, one audit log that test_zz_rbac reads last), so its modules run in order on one worker;
-the fault tier's node-less plane is another unit; the e2e tests start ``mlvisor run`` processes
+The cluster tier shares one cluster (one node, one state folder, one audit log that the
+``cluster`` fixture checks once the tier's last test has run), so its modules run on one worker;
+the node-less plane of the fault tier (and of the kubectl YAML comparison) is another unit; the
+e2e tests start ``mlvisor run`` processes
 and stay together. Unit, schema and integration tests go one by one to whichever worker is free.
 
 (``--dist loadgroup`` with ``xdist_group`` marks would say the same, but with pytest 9.2 and
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-_PLANE = ("tests/cluster/test_cluster.py", "tests/cluster/test_pipeline.py", "tests/cluster/test_zz_rbac.py")
-_FAULTS = ("tests/cluster/test_faults.py", "tests/cluster/test_fuzz_resources.py")
+_PLANE = ("tests/cluster/test_cluster.py", "tests/cluster/test_node.py", "tests/cluster/test_pipeline.py",
+          "tests/cluster/test_search.py", "tests/cluster/test_object_store.py")
+_FAULTS = ("tests/cluster/test_faults.py", "tests/cluster/test_fuzz_resources.py", "tests/cluster/test_kubectl_yaml.py",
+           "tests/cluster/test_search_progress.py")
 
 
 def _unit_of_work(nodeid: str) -> str:
@@ -23,8 +26,8 @@ def _unit_of_work(nodeid: str) -> str:
         return "cluster-plane"
     if path in _FAULTS:
         return "cluster-faults"
-    if path.startswith("tests/e2e/"):
-        return "e2e"
+    if path.startswith("tests/local/"):
+        return "local"
     return nodeid
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from integration.world import HttpError, World, now_iso
+from emulator.world import HttpError, World, now_iso
 
 Outcome = Callable[[dict[str, Any]], tuple[int, str | None]]
 """(pod) -> (exit code, termination message) the container ends with."""
@@ -79,7 +79,7 @@ class Kubelet:
             except HttpError as e:
                 if e.status != 404:
                     self.errors.append(str(e))
-            except Exception as e:  # noqa: BLE001 - recorded, the scenario asserts on it
+            except Exception as e:
                 self.errors.append(repr(e))
             self._stop.wait(0.05)
 

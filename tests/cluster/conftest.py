@@ -1,11 +1,11 @@
 """Fixtures of the real-cluster tier.
 
-By default the tier runs on the control plane this suite builds from Go modules
-(``tests/controlplane``: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and a
-process node), started once per session (or reused when ``make controlplane-up`` already runs
-it) and installed exactly as a user installs mlvisor: ``kubectl apply -k manifests/``. Nothing
-is skipped: if the control plane cannot be built or started, every test of the tier errors with
-the reason.
+By default the tier runs on the cluster this suite builds from Go modules (``tests/controlplane``:
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler, and a node whose kubelet,
+kube-proxy and containerd run mlvisor's image built from the Dockerfile), started once per
+session (or reused when ``make controlplane-up`` already runs it) and installed exactly as a user
+installs mlvisor: ``kubectl apply -k manifests/``. Nothing is skipped: if the cluster cannot be
+built or started, every test of the tier errors with the reason.
 
 With ``MLVISOR_E2E_KUBECONFIG`` set (``make e2e`` on kind), the same tests run on that cluster,
 where mlvisor is already deployed from the image.
@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from integration.world import World, kubernetes_transport
+from emulator.world import World, kubernetes_transport
+from helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "default"
 OPERATOR_NS = "mlvisor-system"
 OPERATOR_SA = f"system:serviceaccount:{OPERATOR_NS}:mlvisor-operator"
@@ -37,8 +37,9 @@ OPERATOR_SA = f"system:serviceaccount:{OPERATOR_NS}:mlvisor-operator"
 class Cluster:
     kubeconfig: str
     built: bool
-    """True on the suite's own control plane (audit log, pod processes and folders reachable)."""
+    """True on the suite's own cluster (audit log, the node's containerd and folders reachable)."""
     state_dir: Path | None = None
+    containerd_socket: Path | None = None
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         kubectl = shutil.which("kubectl")
@@ -48,6 +49,15 @@ class Cluster:
                               env=dict(os.environ, KUBECONFIG=self.kubeconfig))
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def ctr(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """``ctr`` on the node's containerd, in the kubelet's namespace (k8s.io)."""
+        assert self.containerd_socket is not None, "only the suite's own node has a reachable containerd"
+        proc = subprocess.run(["ctr", "--address", str(self.containerd_socket), "--namespace", "k8s.io", *args],
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"ctr {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
     def audit(self) -> list[dict]:
@@ -84,18 +94,23 @@ def _diagnose(c: Cluster) -> str:
                  ("-n", OPERATOR_NS, "describe", "pods"),
                  ("-n", OPERATOR_NS, "logs", "deployment/mlvisor-operator", "--tail=60", "--all-containers"),
                  ("-n", OPERATOR_NS, "logs", "deployment/mlvisor-operator", "--tail=60", "--previous"),
-                 ("get", "events", "-A", "--sort-by=.lastTimestamp")):
+                 ("get", "events", "-A", "--sort-by=.lastTimestamp"),
+                 ("describe", "nodes")):  # DiskPressure, MemoryPressure, taints
         proc = c.kubectl(*args, check=False, timeout=30)
         parts.append(f"$ kubectl {' '.join(args)}\n{proc.stdout}{proc.stderr}")
     if c.state_dir is not None:
-        log = c.state_dir / "logs" / "node.log"
-        if log.exists():
-            parts.append(f"$ tail {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-80:]))
+        usage = shutil.disk_usage(c.state_dir)
+        parts.append(f"disk of {c.state_dir}: {usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.1f} GiB")
+        for name in ("kubelet", "containerd"):
+            log = c.state_dir / "logs" / f"{name}.log"
+            if log.exists():
+                parts.append(f"$ tail {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-60:]))
     return "\n".join(parts)
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """The tier's cluster; once its last test has run, the RBAC audit of the whole tier (rbac_audit.py)."""
     kubeconfig = os.environ.get("MLVISOR_E2E_KUBECONFIG")
     if kubeconfig:
         c = Cluster(kubeconfig=kubeconfig, built=False)
@@ -105,16 +120,18 @@ def cluster() -> Iterator[Cluster]:
     from controlplane import cluster as controlplane
 
     started = controlplane.current() is None
-    # CrashLoopBackOff starts at 1 s instead of a kubelet's 10 s, so that a crash-looping
-    # server reaches its ModelServer's restart window in seconds (KEP-4603 makes it tunable).
-    plane = controlplane.up(node=True, node_args=("--crashloop-initial=1", "--crashloop-max=10"))
+    plane = controlplane.up(node=True)
     if not plane.node:
         pytest.fail("a control plane without a node is running (make controlplane-up NODE=none): "
                     "stop it (make controlplane-down) for the cluster tier, which needs the node")
-    c = Cluster(kubeconfig=str(plane.kubeconfig), built=True, state_dir=plane.state_dir)
+    c = Cluster(kubeconfig=str(plane.kubeconfig), built=True, state_dir=plane.state_dir,
+                containerd_socket=plane.containerd_socket)
     try:
         _deploy(c, reused=not started)
         yield c
+        from cluster.rbac_audit import check_operator_rbac
+
+        check_operator_rbac(c, (item.name for item in request.session.items))
     finally:
         if started and not os.environ.get("MLVISOR_KEEP_CONTROLPLANE"):
             controlplane.down()

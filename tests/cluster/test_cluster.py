@@ -1,11 +1,12 @@
 """The user's path on a real Kubernetes control plane: install, apply, wait, get, predict, break things.
 
-Runs on the control plane built from Go modules (tests/controlplane: real kube-apiserver,
-controller-manager, scheduler and etcd, with a process node running the pods), or on kind
-through ``make e2e``. Nothing here plays a controller or the kubelet: pods really run the
-trainer and the model server, the API server validates with the generated CRDs and their CEL
-rules, the garbage collector deletes children, the Deployment controller restarts servers, and
-every call the operator makes is authorized by its ClusterRole as its ServiceAccount.
+Runs on the cluster built from Go modules (tests/controlplane: real kube-apiserver,
+controller-manager, scheduler and etcd, and a node whose kubelet, kube-proxy, containerd and
+runc run mlvisor's image built from its Dockerfile), or on kind through ``make e2e``. Nothing
+here plays a controller or the kubelet: pods really run the trainer and the model server from
+the image, the API server validates with the generated CRDs and their CEL rules, the garbage
+collector deletes children, the Deployment controller restarts servers, and every call the
+operator makes is authorized by its ClusterRole as its ServiceAccount.
 """
 
 from __future__ import annotations
@@ -14,24 +15,24 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from urllib.parse import quote
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import yaml
 
 from cluster.conftest import NAMESPACE, OPERATOR_NS, OPERATOR_SA, REPO, Cluster
-from integration.world import HttpError, World, eventually
+from emulator.world import HttpError, World, eventually
 
 pytestmark = [pytest.mark.cluster]
 
 TJ, MS = "TrainingJob", "ModelServer"
+IMAGE = "mlvisor:dev"  # what the manifests run; on the suite's node and on kind it is never pulled
 TRAIN_TIMEOUT = 240.0
 SERVE_TIMEOUT = 240.0
 ROW = [5.1, 3.5, 1.4, 0.2]
@@ -49,8 +50,6 @@ def iris(**more: Any) -> dict[str, Any]:
 def _schema_cases() -> Any:
     """The invalid-resource cases of the schema tier (tests/schema/test_crds.py), loaded by path."""
     path = REPO / "tests" / "schema" / "test_crds.py"
-    if str(path.parent) not in sys.path:
-        sys.path.insert(0, str(path.parent))  # its own import of crd_validator
     spec = importlib.util.spec_from_file_location("schema_cases_for_cluster", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -113,12 +112,11 @@ def test_pod_security_restricted_is_enforced_where_the_samples_run(cluster: Clus
 def test_a_pod_whose_volume_appears_later_starts_once_it_exists(cluster: Cluster, unique: str) -> None:
     # What a first `kubectl apply` of a new namespace and its workload meets on any cluster: a
     # ConfigMap, Secret or claim a pod mounts may appear a moment after the pod. The kubelet
-    # retries the mount (Warning FailedMount, the pod stays ContainerCreating) until it can;
-    # the process node must too, or a slow root-CA publisher strands the operator's own pod.
+    # retries the mount (Warning FailedMount, the pod stays ContainerCreating) until it can.
     restricted = {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": unique, "namespace": NAMESPACE},
            "spec": {"restartPolicy": "Never", "securityContext": restricted,
-                    "containers": [{"name": "c", "image": "python:3.11-slim",
+                    "containers": [{"name": "c", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
                                     "command": ["python", "-c", "print(open('/cfg/greeting').read())"],
                                     "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}],
                                     "securityContext": {"allowPrivilegeEscalation": False,
@@ -359,7 +357,7 @@ def test_grpc_kubectl_scale_and_an_hpa_on_a_model_server(cluster: Cluster, kube:
 
 def test_a_killed_server_restarts_under_its_deployment_and_counts_degraded_then_ready(cluster: Cluster, kube: World,
                                                                                       unique: str) -> None:
-    built_only(cluster, "the server process is signalled on the node")
+    built_only(cluster, "the server's container is killed through the node's containerd")
     kube.create(TJ, unique, iris())
     kube.create(MS, unique, {"model": {"trainingJobRef": {"name": unique}}, "replicas": 1,
                              "supervision": {"maxRestarts": 5, "periodSeconds": 300}})
@@ -367,8 +365,8 @@ def test_a_killed_server_restarts_under_its_deployment_and_counts_degraded_then_
     (pod,) = server_pods(kube, unique)
     degraded = _wait_in_background(cluster, "--for=condition=Degraded", "--timeout=120s", f"ms/{unique}")
     time.sleep(1)  # kubectl wait has read the current state and watches from there
-    pid = int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
-    os.kill(pid, signal.SIGKILL)
+    container = pod["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+    cluster.ctr("tasks", "kill", "--signal", "SIGKILL", container)
     _finish(degraded, 130)
     kube.wait_condition(MS, unique, "Ready", timeout=SERVE_TIMEOUT)
     after = kube.pod(pod["metadata"]["name"])  # the same pod: the kubelet restarted the container in place

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import ssl
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +24,8 @@ from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
 from cluster.bare import Kubelet, summary
 from cluster.conftest import REPO
-from integration.conftest import Operator
-from integration.world import World, eventually, kubernetes_transport
+from emulator.conftest import Operator
+from emulator.world import World, eventually
 
 pytestmark = [pytest.mark.cluster]
 
@@ -105,6 +103,9 @@ def _gc_check(world: World, kinds: tuple[str, ...]) -> None:
                what="every Deployment garbage-collected")
 
 
+# The scenario's own deadlines (180 s per rollout wave, 300 s to settle, 120 s after) bound it;
+# pytest's default 300 s per test is shorter than they are on a loaded machine.
+@pytest.mark.timeout(900)
 def test_operator_sigkilled_at_random_points_changes_no_outcome(bare: Any, tmp_path: Path) -> None:
     plane, world = bare
     op = Operator(plane.kubeconfig, tmp_path)

@@ -17,8 +17,8 @@ import yaml
 
 from cluster.conftest import NAMESPACE, REPO, Cluster
 from cluster.test_cluster import TRAIN_TIMEOUT, _models_folder, built_only
+from emulator.world import World, eventually
 from helpers.datasets import write_iris_csv
-from integration.world import World, eventually
 
 pytestmark = [pytest.mark.cluster]
 MP = "ModelPipeline"

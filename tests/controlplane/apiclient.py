@@ -1,7 +1,7 @@
-"""The node's own small async Kubernetes client (aiohttp, client certificates, list+watch).
+"""The provisioner's own small async Kubernetes client (aiohttp, client certificates, list+watch).
 
-The process node shares no client code with the operator under test, so a bug in one cannot
-hide a bug in the other: this speaks the API directly, as the kubelet's client-go does.
+The provisioner shares no client code with the operator under test, so a bug in one cannot
+hide a bug in the other: this speaks the API directly, as an external provisioner's client-go does.
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
-STRATEGIC = "application/strategic-merge-patch+json"
-MERGE = "application/merge-patch+json"
 
 
 class ApiError(Exception):
@@ -99,5 +96,5 @@ class Api:
                             yield ev["type"], obj
                         if gone:
                             break
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     await asyncio.sleep(0.5)

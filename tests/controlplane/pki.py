@@ -48,7 +48,7 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
 
 def _name(cn: str, orgs: tuple[str, ...] = ()) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
-    return x509.Name(attrs + [x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
 def _now() -> datetime.datetime:

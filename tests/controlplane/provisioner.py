@@ -11,9 +11,11 @@ volume of ours is deleted with its folder.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,7 @@ class Provisioner:
             if kind in ("ADDED", "MODIFIED"):
                 try:
                     await self._provision(pvc)
-                except Exception as e:  # noqa: BLE001 - one claim never stops the others
+                except Exception as e:
                     log.warning("provisioning %s: %s", pvc["metadata"].get("name"), e)
 
     async def _provision(self, pvc: dict[str, Any]) -> None:
@@ -97,3 +99,32 @@ class Provisioner:
             except ApiError as e:
                 if e.status != 404:
                     log.warning("deleting %s: %s", meta["name"], e)
+
+
+async def _serve(api_url: str, pki: Path, root: Path) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Api(api_url, pki, "provisioner") as api:
+        work = asyncio.create_task(Provisioner(api, root).run())
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([work, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if work in done and work.exception():
+            raise work.exception()  # type: ignore[misc]
+        work.cancel()
+
+
+def main() -> None:
+    """``python -m controlplane.provisioner``: run beside the node, as kind runs local-path-provisioner."""
+    p = argparse.ArgumentParser(prog="python -m controlplane.provisioner")
+    p.add_argument("--api-url", required=True)
+    p.add_argument("--pki", type=Path, required=True, help="folder with ca.crt and provisioner.crt/.key")
+    p.add_argument("--root", type=Path, required=True, help="where the volumes' folders are made")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(_serve(args.api_url, args.pki, args.root))
+
+
+if __name__ == "__main__":
+    main()

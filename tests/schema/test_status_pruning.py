@@ -17,13 +17,13 @@ import copy
 from typing import Any
 
 import pytest
-from crd_validator import openapi_schema, pruned_paths, validate
 
-from mlvisor.operator import api
+from helpers.crd_validator import openapi_schema, pruned_paths, validate
+from mlvisor import api
+from mlvisor.api.exits import TerminationSummary
+from mlvisor.api.progress import ProgressReport, TrialBrief
 from mlvisor.operator.kube.adapter import merge_patch
-from mlvisor.operator.reconcile import conditions
-from mlvisor.operator.reconcile.pipeline import plan_pipeline
-from mlvisor.operator.reconcile.plan import (
+from mlvisor.operator.plan import (
     ModelRef,
     ObservedDeployment,
     ObservedPod,
@@ -32,8 +32,10 @@ from mlvisor.operator.reconcile.plan import (
     Plan,
     ReferencedJob,
 )
-from mlvisor.operator.reconcile.serving import plan_serving
-from mlvisor.operator.reconcile.training import plan_training
+from mlvisor.operator.planners import conditions
+from mlvisor.operator.planners.pipeline import plan_pipeline
+from mlvisor.operator.planners.serving import plan_serving
+from mlvisor.operator.planners.training import plan_training
 
 CONFIG = OperatorConfig(image="mlvisor:test")
 T0 = 1_700_000_000.0
@@ -107,14 +109,22 @@ def training_lives() -> list[Life]:
     # a search: shards, select step, success with metadata (nested best params)
     life = Life("TrainingJob", _training_spec(search={"grid": {"max_depth": [2, 4]}, "cv": 2}, workers=2))
     life.write(plan_training(life.model(), [], T0, CONFIG))
-    shards = [pod(f"iris-worker-{i}-1", index=i, phase="Succeeded", exit_code=0) for i in range(2)]
+    # the running workers' progress reports, then their final ones (status.progress, workers[].trialsDone)
+    top = [TrialBrief(trial=1, score=0.93, params={"max_depth": 4, "nested": {"a": [1, None]}}, worker=0)]
+    running = [pod(f"iris-worker-{i}-1", index=i, progress=ProgressReport(worker=i, trials_done=i, trials_total=1,
+                                                                         top=top if i else [], eta_seconds=3.5))
+               for i in range(2)]
+    life.write(plan_training(life.model(), running, T0 + 0.5, CONFIG))
+    assert life.body["status"]["progress"]["summary"] == "1/2"
+    final = ProgressReport(worker=0, trials_done=1, trials_total=1, top=top, finished=True).to_message()
+    shards = [pod(f"iris-worker-{i}-1", index=i, phase="Succeeded", exit_code=0, message=final) for i in range(2)]
     life.write(plan_training(life.model(), shards, T0 + 1, CONFIG))
     life.write(plan_training(life.model(), shards, T0 + 2, CONFIG))
-    select = pod("iris-select-1", index=-1, phase="Succeeded", exit_code=0)
     version = life.body["status"]["version"]
-    metadata = {"version": version, "metrics": {"accuracy": 0.97, "f1_macro": 0.96}, "score_name": "f1_macro",
-                "best_params": {"max_depth": 4, "nested": {"a": [1, 2]}}, "sklearn_version": "1.9.1"}
-    life.write(plan_training(life.model(), [*shards, select], T0 + 3, CONFIG, artifact_metadata=metadata))
+    summary = TerminationSummary(version=version, metrics={"accuracy": 0.97, "f1_macro": 0.96}, score_name="f1_macro",
+                                 best_params={"max_depth": 4, "nested": {"a": [1, 2]}}, sklearn_version="1.9.1")
+    select = pod("iris-select-1", index=-1, phase="Succeeded", exit_code=0, message=summary.to_message())
+    life.write(plan_training(life.model(), [*shards, select], T0 + 3, CONFIG))
     assert life.body["status"]["phase"] == "Succeeded"
     lives.append(life)
 
@@ -159,7 +169,7 @@ def serving_lives() -> list[Life]:
     life.write(plan_serving(life.model(), None, [], None, T0, CONFIG, referenced_job=ReferencedJob(exists=False)))
     life.write(plan_serving(life.model(), None, [], v2, T0 + 1, CONFIG))
     unloadable = pod("iris-b", restart_count=1, exit_code=4, reason="Error", model_uri=v2.uri,
-                     message="model /models/default/iris/v2 cannot be loaded: checksum mismatch")
+                     message="cannot load the model: /models/default/iris/v2: checksum mismatch")
     life.write(plan_serving(life.model(), None, [unloadable], v2, T0 + 2, CONFIG))
     assert life.body["status"]["supervision"]["lastFailure"]["message"].endswith("checksum mismatch")
     lives.append(life)

@@ -1,0 +1,135 @@
+"""Operator-process options and the kopf settings they imply, chosen and explained in one place.
+
+``Options`` is what ``mlvisor operator`` was started with (flags and environment);
+``apply_settings`` writes the kopf settings every production kopf operator ends up setting
+explicitly (docs/operator.md says why): watch timeouts so a silently dead watch is re-opened,
+our own annotation prefix and finalizer name, and event posting limited to warnings.
+No kopf import at module level, so ``mlvisor --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlvisor.operator.plan import OperatorConfig
+
+PREFIX = "mlvisor.dev"
+
+
+@dataclass(frozen=True)
+class Options:
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to serve; empty: all namespaces (cluster-wide)."""
+    liveness_port: int | None = 8080
+    """Port of kopf's liveness endpoint (/healthz); None: no endpoint."""
+    metrics_port: int | None = 9090
+    """Port of the Prometheus /metrics endpoint; None: not served."""
+    log_format: str = "json"
+    """json (one object per line with resource/namespace/name keys) or text."""
+    verbose: bool = False
+    watch_server_timeout: float = 300.0
+    """Asks the API server to end each watch after this many seconds (kopf then re-lists)."""
+    watch_client_timeout: float = 330.0
+    """Client-side cut of a watch that went silent without being closed (kopf#585, #957, Twingate#642)."""
+    watch_connect_timeout: float = 30.0
+    request_timeout: float = 60.0
+    """Every non-watch API request of kopf and of the controllers."""
+    worker_idle_seconds: float = 0.5
+    """How long kopf keeps an object's event worker (and the last body it holds) after its last event."""
+    reconcile_workers: int = 512
+    """Most reconciles at once (MaxConcurrentReconciles); the rest wait holding only their key."""
+    config: OperatorConfig = field(default_factory=OperatorConfig)
+
+
+def config_from_env(environ: Any = None) -> OperatorConfig:
+    """OperatorConfig from MLVISOR_* environment variables (the Deployment sets MLVISOR_IMAGE)."""
+    env = os.environ if environ is None else environ
+    defaults = OperatorConfig()
+    return OperatorConfig(
+        image=env.get("MLVISOR_IMAGE") or defaults.image,
+        image_pull_policy=env.get("MLVISOR_IMAGE_PULL_POLICY") or defaults.image_pull_policy,
+        models_claim=env.get("MLVISOR_MODELS_CLAIM") or defaults.models_claim,
+    )
+
+
+def _float_env(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name}: expected a number of seconds, got {value!r}") from None
+
+
+def timeouts_from_env() -> dict[str, float]:
+    """Watch timeouts can be tuned without a new image (MLVISOR_WATCH_SERVER_TIMEOUT, ...)."""
+    return {
+        "watch_server_timeout": _float_env("MLVISOR_WATCH_SERVER_TIMEOUT", Options.watch_server_timeout),
+        "watch_client_timeout": _float_env("MLVISOR_WATCH_CLIENT_TIMEOUT", Options.watch_client_timeout),
+        "watch_connect_timeout": _float_env("MLVISOR_WATCH_CONNECT_TIMEOUT", Options.watch_connect_timeout),
+        "request_timeout": _float_env("MLVISOR_REQUEST_TIMEOUT", Options.request_timeout),
+    }
+
+
+def reconcile_workers_from_env() -> int:
+    """MLVISOR_RECONCILE_WORKERS: more is faster in a burst and holds more memory (bench/README.md)."""
+    value = os.environ.get("MLVISOR_RECONCILE_WORKERS")
+    if not value:
+        return Options.reconcile_workers
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"MLVISOR_RECONCILE_WORKERS: expected a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
+def _no_diffbase(kopf: Any) -> Any:
+    """A diff-base storage that builds nothing.
+
+    kopf deep-copies every event's body into an "essence" to diff it with the last handled one,
+    whether or not a handler reads the diff. Only on.create/update/field handlers (changing) and
+    daemons/timers (spawning) do, and mlvisor registers neither (handlers.py: on.event and
+    indexes only), so that copy was pure cost: 4% of the operator's samples creating 1,000
+    TrainingJobs (bench/README.md, the profile). Nothing is stored on objects either.
+    """
+
+    class NoDiffBase(kopf.DiffBaseStorage):
+        def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+            return {}
+
+        def fetch(self, *, body: Any) -> Any:
+            return None
+
+        def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+            return None
+
+    return NoDiffBase()
+
+
+def apply_settings(settings: Any, options: Options) -> None:
+    """Configure a ``kopf.OperatorSettings`` for mlvisor."""
+    import kopf
+
+    # The API server parses timeoutSeconds as an integer: kopf sends the number as given, and
+    # "300.0" was refused with 400 (strconv.ParseInt) on every watch of a real API server.
+    settings.watching.server_timeout = max(1, round(options.watch_server_timeout))
+    settings.watching.client_timeout = options.watch_client_timeout
+    settings.watching.connect_timeout = options.watch_connect_timeout
+    settings.networking.request_timeout = options.request_timeout
+    settings.networking.connect_timeout = options.watch_connect_timeout
+    # mlvisor registers no timers, daemons or delete handlers, so kopf never adds this
+    # finalizer; the name is set anyway so nothing kopf-branded ever lands on a resource.
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = _no_diffbase(kopf)
+    # kopf keeps one worker task per object, holding the last event's whole body, until no event
+    # came for idle_timeout (default 5 s). Creating 1,000 TrainingJobs touches 3,000 objects in
+    # about 20 s, so some thousand parsed bodies stayed alive at once: the peak Python's allocator
+    # never returns. 0.5 s: idle RSS 224 -> 183 MB at 1,000 jobs, pods/s unchanged (bench/README.md).
+    settings.queueing.idle_timeout = options.worker_idle_seconds
+    # The controllers post their own Events for every decision; kopf adds only its warnings.
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "mlvisor-operator"
+    settings.posting.event_name_prefix = "mlvisor-"

@@ -1,0 +1,314 @@
+"""The reconcilers' view of the cluster: watch-fed, slim, and aware of the operator's own writes.
+
+controller-runtime's cached client in kopf's terms. What a reconcile reads (its resource, the
+resource's pods, a server's Deployment and Service, a pipeline's children, the TrainingJob a
+server serves) comes from memory, never from a GET or a LIST:
+
+- **Fed by the watches kopf already runs**, through kopf indexes (``handlers.py``). kopf holds
+  every handler back until every indexed kind has been listed once, so no reconcile ever runs
+  on a half-filled store: after an operator restart a job is never planned without its pods.
+- **Slim**: each object is reduced to what a reconcile reads (:func:`slim_pod`,
+  :func:`slim_object`): no managedFields, no last-applied annotation, a pod without its spec
+  but its ports. The projections are plain dicts, shared by nobody.
+- **Aware of the operator's own writes** (client-go's MutationCache; the Job controller's
+  "expectations" serve the same end): the answer of every create, delete and status patch is
+  kept here until the watch has caught up with it (its resourceVersion) or for ``ttl``
+  seconds. So a reconcile that runs before the watch event of its own write (a pod event of a
+  sibling, a requeue) sees the pod it created, the pod it deleted as going away, and the
+  status it wrote with its new resourceVersion: no duplicate create, no restart counted
+  twice, no status write refused for a stale resourceVersion.
+
+Pure (no kopf, no I/O): kopf's indexes are handed over with :meth:`Store.bind`, and any mapping
+of the same shape does in tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mlvisor.api import GROUP
+from mlvisor.api.labels import LABEL_COMPONENT, LABEL_INSTANCE
+from mlvisor.operator.kube.observe import controller_ref
+
+#: The kopf index of each kind (handlers.py defines index handlers by these names).
+INDEXES = {
+    "TrainingJob": "trainingjobs_index",
+    "ModelServer": "modelservers_index",
+    "ModelPipeline": "modelpipelines_index",
+    "Deployment": "deployments_index",
+    "Service": "services_index",
+    "Pod": "pods_index",
+}
+
+#: Seconds an own write is trusted over the watch at most (the watch normally catches up in ms).
+WRITE_TTL_SECONDS = 30.0
+
+_NOISE_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+_META_KEYS = (
+    "name", "namespace", "uid", "generation", "resourceVersion", "labels", "ownerReferences",
+    "deletionTimestamp", "creationTimestamp",
+)
+
+
+def plain(value: Any) -> Any:
+    """A deep copy as plain dicts and lists (kopf hands out mapping views)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def _slim_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: plain(meta[k]) for k in _META_KEYS if meta.get(k) is not None}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in _NOISE_ANNOTATIONS}
+    if annotations:
+        out["annotations"] = plain(annotations)
+    return out
+
+
+def slim_object(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A TrainingJob, ModelServer, ModelPipeline, Deployment or Service without managedFields."""
+    out = {k: plain(v) for k, v in body.items() if k not in ("metadata",)}
+    out["metadata"] = _slim_meta(body.get("metadata") or {})
+    return out
+
+
+_CONDITION_KEYS = ("type", "status", "reason", "message")
+_CONTAINER_KEYS = ("name", "state", "lastState", "restartCount")
+_POD_STATUS_KEYS = ("phase", "reason", "message", "podIP")
+
+
+def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the reconcilers read of a pod (observe.observe_pod, the progress poller, the owners)."""
+    status = body.get("status") or {}
+    out_status: dict[str, Any] = {k: status[k] for k in _POD_STATUS_KEYS if status.get(k) is not None}
+    if status.get("conditions"):
+        out_status["conditions"] = [
+            {k: c[k] for k in _CONDITION_KEYS if c.get(k) is not None} for c in status["conditions"]
+        ]
+    for key in ("initContainerStatuses", "containerStatuses"):
+        if status.get(key):
+            out_status[key] = [{k: plain(cs[k]) for k in _CONTAINER_KEYS if k in cs} for cs in status[key]]
+    containers = [
+        {"name": c.get("name"), "ports": plain(c["ports"])}
+        for c in (body.get("spec") or {}).get("containers") or []
+        if c.get("ports")
+    ]
+    return {
+        "apiVersion": body.get("apiVersion", "v1"),
+        "kind": body.get("kind", "Pod"),
+        "metadata": _slim_meta(body.get("metadata") or {}),
+        "spec": {"containers": containers},
+        "status": out_status,
+    }
+
+
+def pod_owner(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(kind, name) of the mlvisor resource whose reconcile reads this pod (and a pod event queues).
+
+    A worker pod is controlled by its TrainingJob; a server pod by a ReplicaSet, and belongs to
+    the ModelServer its ``app.kubernetes.io/instance`` label names.
+    """
+    ref = controller_ref(body)
+    if ref is not None and ref.get("kind") == "TrainingJob" and str(ref.get("apiVersion", "")).startswith(GROUP):
+        return "TrainingJob", str(ref.get("name"))
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    if labels.get(LABEL_COMPONENT) == "server" and labels.get(LABEL_INSTANCE):
+        return "ModelServer", str(labels[LABEL_INSTANCE])
+    return None
+
+
+def _rv(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def caught_up(seen: Mapping[str, Any], written: Mapping[str, Any]) -> bool:
+    """Whether the watch's copy is at least as new as the one the operator wrote.
+
+    resourceVersions are opaque, but every API server in use (etcd's revisions, the test
+    emulator's counter) issues increasing integers; anything else counts as caught up only
+    when equal, and the write's ttl bounds the wait.
+    """
+    a, b = _rv(seen), _rv(written)
+    if a.isdigit() and b.isdigit():
+        return int(a) >= int(b)
+    return a == b
+
+
+@dataclass
+class _Write:
+    body: dict[str, Any]
+    at: float
+    deleted: bool = False
+
+
+Key = tuple[str, str, str]
+"""(kind, namespace, name)."""
+
+
+class Store:
+    """Reads for the reconcilers: kopf's indexes, with the operator's own recent writes on top."""
+
+    def __init__(self, ttl: float = WRITE_TTL_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._indexes: Mapping[str, Mapping[Any, Iterable[dict[str, Any]]]] | None = None
+        self._writes: dict[Key, _Write] = {}
+        self._pod_writes: dict[Key, dict[str, _Write]] = {}
+        """(owner kind, namespace, owner name) -> pod name -> the write."""
+
+    # ------------------------------------------------------------------ feeding
+
+    def bind(self, indexes: Mapping[str, Any]) -> None:
+        """Hand over kopf's indexes (a live mapping of index name -> index)."""
+        if self._indexes is None:
+            self._indexes = {kind: indexes[name] for kind, name in INDEXES.items()}
+
+    def wrote(self, body: Mapping[str, Any]) -> None:
+        """The API's answer to a create or a patch: newer than the watch's copy until it catches up."""
+        self._remember(body, deleted=False)
+
+    def deleted(self, body: Mapping[str, Any]) -> None:
+        """An object the operator deleted: going away, whatever the watch still says."""
+        self._remember(body, deleted=True)
+
+    def forget(self, body: Mapping[str, Any]) -> None:
+        """The watch saw it deleted: nothing of it is kept."""
+        slot = self._slot(body)
+        if slot is not None:
+            slot[0].pop(slot[1], None)
+
+    def _remember(self, body: Mapping[str, Any], deleted: bool) -> None:
+        slot = self._slot(body, create=True)
+        if slot is not None:
+            slim = slim_pod(body) if body.get("kind") == "Pod" else slim_object(body)
+            slot[0][slot[1]] = _Write(slim, self.clock(), deleted)
+
+    def _slot(self, body: Mapping[str, Any], create: bool = False) -> tuple[dict[Any, _Write], Any] | None:
+        """Where the own write of this object is kept: (the mapping, its key); None for a pod of no owner.
+
+        A pod's write is kept under the resource that reads it (as the pods' index keys it), any
+        other object's under (kind, namespace, name).
+        """
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        if body.get("kind") != "Pod":
+            return self._writes, (str(body.get("kind") or ""), namespace, name)
+        owner = pod_owner(body)
+        if owner is None:
+            return None
+        key = (owner[0], namespace, owner[1])
+        writes = self._pod_writes.setdefault(key, {}) if create else self._pod_writes.get(key)
+        return (writes, name) if writes is not None else None
+
+    # ------------------------------------------------------------------ reading
+
+    def _index(self, kind: str) -> Mapping[Any, Iterable[dict[str, Any]]]:
+        if self._indexes is None:
+            raise RuntimeError("the store is read before kopf's indexes were bound")
+        return self._indexes[kind]
+
+    def _one(self, kind: str, key: Any) -> dict[str, Any] | None:
+        for value in self._index(kind).get(key) or ():
+            return value
+        return None
+
+    def _merge(self, seen: dict[str, Any] | None, write: _Write | None, drop: Callable[[], object]) -> dict[str, Any] | None:
+        """The newer of the watch's copy and the operator's own write (which is dropped once stale)."""
+        if write is None:
+            return seen
+        if self.clock() - write.at > self.ttl:
+            drop()
+            return seen
+        if write.deleted:
+            if seen is None:
+                drop()
+                return None
+            body = write.body if caught_up(write.body, seen) else seen
+            if not (body.get("metadata") or {}).get("deletionTimestamp"):
+                body = {**body, "metadata": {**body["metadata"], "deletionTimestamp": "deleting"}}
+            return body
+        if seen is not None and caught_up(seen, write.body):
+            drop()
+            return seen
+        return write.body
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A TrainingJob, ModelServer, ModelPipeline, or a managed Deployment or Service."""
+        key = (kind, namespace, name)
+        return self._merge(self._one(kind, key), self._writes.get(key), lambda: self._writes.pop(key, None))
+
+    def owned(self, kind: str, namespace: str, owner_uid: str) -> list[dict[str, Any]]:
+        """The TrainingJobs or ModelServers a resource with this uid controls (a pipeline's children)."""
+        found = {
+            str(body["metadata"].get("name")): body
+            for body in self._index(kind).get(("owner", kind, namespace, owner_uid)) or ()
+        }
+        for (k, ns, name), write in list(self._writes.items()):
+            if k == kind and ns == namespace and name not in found:
+                ref = controller_ref(write.body)
+                if ref is not None and ref.get("uid") == owner_uid:
+                    found[name] = write.body
+        out = []
+        for name in sorted(found):
+            merged = self.get(kind, namespace, name) if (kind, namespace, name) in self._writes else found[name]
+            if merged is not None:
+                out.append(merged)
+        return out
+
+    def pods(self, owner_kind: str, namespace: str, owner_name: str) -> list[dict[str, Any]]:
+        """The pods a TrainingJob's or ModelServer's reconcile reads, by name."""
+        seen = {
+            str(pod["metadata"].get("name")): pod
+            for pod in self._index("Pod").get((owner_kind, namespace, owner_name)) or ()
+        }
+        key = (owner_kind, namespace, owner_name)
+        writes = self._pod_writes.get(key) or {}
+        out: dict[str, dict[str, Any]] = dict(seen)
+        for name, write in list(writes.items()):
+            merged = self._merge(seen.get(name), write, functools.partial(writes.pop, name, None))
+            if merged is None:
+                out.pop(name, None)
+            else:
+                out[name] = merged
+        if not writes:
+            self._pod_writes.pop(key, None)
+        return [out[name] for name in sorted(out)]
+
+    def pending_writes(self) -> int:
+        """Own writes the watch has not shown yet (a gauge for tests and metrics)."""
+        return len(self._writes) + sum(len(w) for w in self._pod_writes.values())
+
+
+# ---------------------------------------------------------------------- index keys (handlers.py)
+
+
+def resource_keys(body: Mapping[str, Any]) -> dict[Any, dict[str, Any]]:
+    """A TrainingJob's, ModelServer's or ModelPipeline's entries in its kind's index."""
+    meta = body.get("metadata") or {}
+    kind, namespace = str(body.get("kind")), str(meta.get("namespace"))
+    slim = slim_object(body)
+    keys: dict[Any, dict[str, Any]] = {(kind, namespace, str(meta.get("name"))): slim}
+    ref = controller_ref(body)
+    if ref is not None and ref.get("uid"):
+        keys[("owner", kind, namespace, str(ref["uid"]))] = slim
+    return keys
+
+
+def pod_keys(body: Mapping[str, Any]) -> dict[Any, dict[str, Any]] | None:
+    """A managed pod's entry in the pods' index, under the resource that reads it."""
+    owner = pod_owner(body)
+    if owner is None:
+        return None
+    return {(owner[0], str((body.get("metadata") or {}).get("namespace")), owner[1]): slim_pod(body)}
+
+
+def workload_keys(body: Mapping[str, Any]) -> dict[Any, dict[str, Any]]:
+    """A managed Deployment's or Service's entry in its kind's index."""
+    meta = body.get("metadata") or {}
+    return {(str(body.get("kind")), str(meta.get("namespace")), str(meta.get("name"))): slim_object(body)}

@@ -1,0 +1,1 @@
+"""A real S3 server for the tests: versitygw (posix backend), built from its Go module."""
