@@ -38,6 +38,7 @@ from mlvisor.operator.kube.controllers import Controllers
 from mlvisor.operator.kube.preflight import PreflightJudge
 from mlvisor.operator.plan import CreatePod, ObservedPod, OperatorConfig
 from mlvisor.operator.planners.training import plan_training
+from mlvisor.operator.reconcilers import Read
 from mlvisor.trainer.entry import main as trainer
 
 NAME = "j"
@@ -262,7 +263,7 @@ def operator_message(case: Case, trainer_said: str, judge: PreflightJudge) -> tu
     if problem is not None:  # what the shell writes (conditions.invalid_spec_status), creating nothing
         return problem, [], False
     assert job is not None
-    preflight = asyncio.run(controllers.preflight(job, body["spec"]))
+    preflight = asyncio.run(controllers.preflight(Read(job, body)))
     plan = plan_training(job, [], 1e9, OperatorConfig(), preflight=preflight)
     created = any(isinstance(a, CreatePod) for a in plan.actions)
     if not preflight:  # the operator cannot judge it: the pod runs, and the trainer says why it exits 2
@@ -324,4 +325,4 @@ def test_a_valid_spec_is_valid_everywhere(tmp_path: Path, capsys: pytest.Capture
     assert code == 0 and json.loads(said)["version"] == "v1"
     controllers = Controllers(kube=None, config=OperatorConfig(), metrics=None, judge=judge)  # type: ignore[arg-type]
     job = api.TrainingJob.model_validate({**_document(case.spec), "metadata": {"name": NAME, "uid": "u", "generation": 1}})
-    assert asyncio.run(controllers.preflight(job, case.spec)) == []
+    assert asyncio.run(controllers.preflight(Read(job, {"spec": case.spec}))) == []

@@ -1,9 +1,10 @@
-"""The reconcilers: gather the facts about one resource, ask its planner, apply the plan.
+"""The cluster's backend of the reconcilers: a store to read, the API server to write.
 
-Level-triggered, in kubebuilder's shape: read the resource and its children from the watch-fed
-store (``store.py``: never an event's copy, never a GET or a LIST), turn them into observed
-values, call the pure planner with ``now``, carry out the plan, and return when to look again. Nothing here decides anything a
-user could see: that is the planners' job, and the same planners drive the local runtime.
+The reconcile of each kind is :mod:`mlvisor.operator.reconcilers`, written once for this shell
+and the local runtime. Here is what it reads and writes on a cluster, in kubebuilder's shape:
+the resource and its children come from the watch-fed store (``store.py``: never an event's
+copy, never a GET or a LIST), turned into observed values; the plan goes to the API server
+(``adapter.py``). Nothing here decides anything a user could see: that is the planners' job.
 
 What only the Kubernetes shell can say is said here: a resource whose body does not parse
 (or that names a ``file://`` model, which a pod cannot reach) gets the InvalidSpec status and
@@ -25,7 +26,7 @@ import pydantic
 from mlvisor import api
 from mlvisor.api.labels import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME
 from mlvisor.api.problems import describe_validation_error as describe
-from mlvisor.operator import builders
+from mlvisor.operator import builders, reconcilers
 from mlvisor.operator import plan as p
 from mlvisor.operator.kube.adapter import Applied, PlanApplier, became_true
 from mlvisor.operator.kube.client import ApiError, Kube
@@ -41,18 +42,13 @@ from mlvisor.operator.kube.preflight import PreflightError, PreflightJudge
 from mlvisor.operator.kube.progress import ProgressPoller, with_progress
 from mlvisor.operator.kube.store import Store
 from mlvisor.operator.planners import conditions
-from mlvisor.operator.planners.pipeline import plan_pipeline
-from mlvisor.operator.planners.serving import model_source, plan_serving
-from mlvisor.operator.planners.training import plan_training
+from mlvisor.operator.reconcilers import PIPELINE, SERVING, TRAINING, Invalid, Key, Read
 
 logger = logging.getLogger(__name__)
 
-TRAINING = "TrainingJob"
-SERVING = "ModelServer"
-PIPELINE = "ModelPipeline"
-
-Key = tuple[str, str, str]
-"""(kind, namespace, name) of a TrainingJob, ModelServer or ModelPipeline."""
+STATUS_MODELS: dict[str, type[pydantic.BaseModel]] = {
+    TRAINING: api.TrainingJobStatus, SERVING: api.ModelServerStatus, PIPELINE: api.ModelPipelineStatus,
+}
 
 
 def describe_validation_error(kind: str, error: pydantic.ValidationError, more: Sequence[str] = ()) -> str:
@@ -135,7 +131,13 @@ def _previous_status(model: type[pydantic.BaseModel], body: Mapping[str, Any]) -
 
 
 class Controllers:
-    """The reconcilers of one operator process; ``reconcile(key, since)`` is the work queue's callback."""
+    """The reconcilers of one operator process; ``reconcile(key, since)`` is the work queue's callback.
+
+    The reconcile itself is :func:`mlvisor.operator.reconcilers.reconcile`, the one the local
+    runtime runs too; this class is its cluster backend: the :class:`~mlvisor.operator.reconcilers.Reader`
+    over the watch-fed store, and (per reconcile, :class:`_ApiWriter`) the writer that carries
+    plans out through the API and counts them in the metrics.
+    """
 
     def __init__(
         self,
@@ -158,39 +160,32 @@ class Controllers:
         self._preflight: dict[tuple[str, bool], list[str]] = {}
 
     async def reconcile(self, key: Any, since: float | None) -> float | None:
-        kind, namespace, name = key
+        kind = key[0]
         try:
-            if kind == TRAINING:
-                result, again = await self.reconcile_training(namespace, name, since)
-            elif kind == PIPELINE:
-                result, again = await self.reconcile_pipeline(namespace, name, since)
-            else:
-                result, again = await self.reconcile_serving(namespace, name, since)
+            result, again = await reconcilers.reconcile(self, _ApiWriter(self, since), key, self.clock(), self.config)
         except Exception:
             self.metrics.reconciles.labels(kind, "error").inc()
             raise
         self.metrics.reconciles.labels(kind, result).inc()
         return again
 
-    # ------------------------------------------------------------------ TrainingJob
+    # ------------------------------------------------------------------ Reader: the resource
 
-    async def reconcile_training(self, namespace: str, name: str, since: float | None) -> tuple[str, float | None]:
-        body = self.store.get(TRAINING, namespace, name)
+    async def resource(self, key: Key) -> Read | Invalid | None:
+        kind, namespace, name = key
+        body = self.store.get(kind, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
-            return "gone", None  # children go with it (ownerReferences)
-        job, problem = await self.parse_training(body)
-        if problem is not None or job is None:
-            await self._invalid(body, api.TrainingJobStatus, problem or "invalid TrainingJob", since)
-            return "invalid", None
-        pods = [pod for pod in self.store.pods(TRAINING, namespace, name) if is_controlled_by(pod, body["metadata"].get("uid"))]
-        observed = with_progress([observe_pod(pod) for pod in pods], await self.progress.fetch(pods))
-        plan = plan_training(
-            job, observed, self.clock(), self.config,
-            preflight=await self.preflight(job, body["spec"]),
-        )
-        applied = await self.applier.apply(body, plan)
-        self._count(TRAINING, body, plan, applied, since)
-        return "ok", plan.requeue_after
+            return None
+        resource: reconcilers.Resource | None
+        if kind == TRAINING:
+            resource, problem = await self.parse_training(body)
+        elif kind == SERVING:
+            resource, problem = self.parse_serving(body)
+        else:
+            resource, problem = parse_resource(api.ModelPipeline, body)
+        if problem is not None or resource is None:
+            return Invalid(kind, problem or f"invalid {kind}", body)
+        return Read(resource, body)
 
     async def parse_training(self, body: Mapping[str, Any]) -> tuple[api.TrainingJob | None, str | None]:
         """(job, None), or (None, the InvalidSpec message): the schema's problems, then the
@@ -203,21 +198,49 @@ class Controllers:
                 _, problem = parse_resource(api.TrainingJob, body, salvaged)
         return job, problem
 
-    async def preflight(self, job: api.TrainingJob, spec: Mapping[str, Any]) -> list[str]:
+    @staticmethod
+    def parse_serving(body: Mapping[str, Any]) -> tuple[api.ModelServer | None, str | None]:
+        """(server, None), or (None, the InvalidSpec message): what only a cluster refuses is added
+        to the schema's problems (a ``file://`` model, which pods cannot reach)."""
+        server, problem = parse_resource(api.ModelServer, body)
+        if problem is None and server.spec.model.uri and server.spec.model.uri.startswith("file://"):
+            problem = (
+                f"invalid ModelServer: spec.model.uri: {server.spec.model.uri} is a file:// URI, which pods "
+                "cannot reach on Kubernetes. Use pvc://<claim>/<path>/ or spec.model.trainingJobRef."
+            )
+        if problem is None and server.spec.model.uri:
+            # A URI the schema lets through but that names no version directory (a fuzzed
+            # "pvc://0/" made the reconcile fail and retry for ever, with nothing in status).
+            try:
+                builders.version_of(server.spec.model.uri)
+            except ValueError as e:
+                problem = f"invalid ModelServer: spec.model.uri: {e}"
+        return (server, None) if problem is None else (None, problem)
+
+    # ------------------------------------------------------------------ Reader: TrainingJob
+
+    async def workers(self, read: Read) -> list[p.ObservedPod]:
+        meta = read.source["metadata"]
+        pods = [pod for pod in self.store.pods(TRAINING, meta["namespace"], meta["name"])
+                if is_controlled_by(pod, meta.get("uid"))]
+        return with_progress([observe_pod(pod) for pod in pods], await self.progress.fetch(pods))
+
+    async def preflight(self, read: Read) -> list[str]:
         """The trainer's pre-flight problems of a job that has not started (none once it runs).
 
-        ``spec`` is the job's spec as written (the body ``job`` was parsed from). The operator
-        image has scikit-learn, so a typo in a parameter, a bad value, an unknown scorer or a
-        builtin dataset unfit for the estimator (a classifier on diabetes) becomes InvalidSpec
-        before any pod exists, in the trainer's own words, which are `mlvisor validate`'s: the
-        same judge (:func:`mlvisor.trainer.preflight.judge`), run in a short-lived helper process
-        (:mod:`mlvisor.operator.kube.preflight`) so that the operator never holds scikit-learn.
-        CSV files are on the claims, which the operator cannot see: the trainer judges them, in
-        the same words. Judged once per distinct spec, in a thread.
+        The operator image has scikit-learn, so a typo in a parameter, a bad value, an unknown
+        scorer or a builtin dataset unfit for the estimator (a classifier on diabetes) becomes
+        InvalidSpec before any pod exists, in the trainer's own words, which are `mlvisor
+        validate`'s: the same judge (:func:`mlvisor.trainer.preflight.judge`), run in a
+        short-lived helper process (:mod:`mlvisor.operator.kube.preflight`) so that the operator
+        never holds scikit-learn. It judges the spec as written (the body the job was parsed
+        from). CSV files are on the claims, which the operator cannot see: the trainer judges
+        them, in the same words. Judged once per distinct spec, in a thread.
         """
-        if job.status is not None and job.status.version is not None:
+        job = read.resource
+        if job.status is not None and getattr(job.status, "version", None) is not None:
             return []
-        return await self._judged(spec)
+        return await self._judged(read.source["spec"])
 
     async def _judged(self, spec: Any, salvage: bool = False) -> list[str]:
         """The judge's problems of a raw spec (or, ``salvage``, of its valid parts), cached per spec.
@@ -234,63 +257,32 @@ class Controllers:
             self._preflight[key] = problems
         return self._preflight[key]
 
-    # ------------------------------------------------------------------ ModelServer
+    # ------------------------------------------------------------------ Reader: ModelServer
 
-    async def reconcile_serving(self, namespace: str, name: str, since: float | None) -> tuple[str, float | None]:
-        body = self.store.get(SERVING, namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return "gone", None
-        server, problem = parse_resource(api.ModelServer, body)
-        if problem is None and server.spec.model.uri and server.spec.model.uri.startswith("file://"):
-            problem = (
-                f"invalid ModelServer: spec.model.uri: {server.spec.model.uri} is a file:// URI, which pods "
-                "cannot reach on Kubernetes. Use pvc://<claim>/<path>/ or spec.model.trainingJobRef."
-            )
-        if problem is None and server.spec.model.uri:
-            # A URI the schema lets through but that names no version directory (a fuzzed
-            # "pvc://0/" made the reconcile fail and retry for ever, with nothing in status).
-            try:
-                builders.version_of(server.spec.model.uri)
-            except ValueError as e:
-                problem = f"invalid ModelServer: spec.model.uri: {e}"
-        if problem is not None:
-            await self._invalid(body, api.ModelServerStatus, problem, since)
-            return "invalid", None
-        uid = body["metadata"].get("uid")
+    def server_children(self, read: Read) -> tuple[p.ObservedDeployment | None, list[p.ObservedPod]]:
+        meta = read.source["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
         deployment_body = self.store.get("Deployment", namespace, name)
         deployment = (
             observe_deployment(deployment_body)
-            if deployment_body is not None and is_controlled_by(deployment_body, uid)
+            if deployment_body is not None and is_controlled_by(deployment_body, meta.get("uid"))
             else None
         )
-        pods = _selected(self.store.pods(SERVING, namespace, name), builders.server_selector(server))
-        observed = [observe_pod(pod) for pod in pods]
-        source, referenced_job = self._model_source(server)
-        plan = plan_serving(
-            server, deployment, observed, source, self.clock(), self.config, referenced_job=referenced_job
-        )
-        applied = await self.applier.apply(body, plan)
-        self._count(SERVING, body, plan, applied, since)
-        return "ok", plan.requeue_after
+        assert isinstance(read.resource, api.ModelServer)
+        pods = _selected(self.store.pods(SERVING, namespace, name), builders.server_selector(read.resource))
+        return deployment, [observe_pod(pod) for pod in pods]
 
-    def _model_source(self, server: api.ModelServer) -> tuple[p.ModelRef | None, p.ReferencedJob | None]:
-        """The model the spec points at now, and the job it references (from the store)."""
-        ref = server.spec.model.training_job_ref
-        job = self.store.get(TRAINING, server.metadata.namespace, ref.name) if ref is not None else None
-        return model_source(server, job is not None, _previous_status(api.TrainingJobStatus, job) if job else None)
+    def training_job(self, namespace: str, name: str) -> tuple[bool, api.TrainingJobStatus | None]:
+        job = self.store.get(TRAINING, namespace, name)
+        return job is not None, _previous_status(api.TrainingJobStatus, job) if job is not None else None
 
-    # ------------------------------------------------------------------ ModelPipeline
+    # ------------------------------------------------------------------ Reader: ModelPipeline
 
-    async def reconcile_pipeline(self, namespace: str, name: str, since: float | None) -> tuple[str, float | None]:
-        body = self.store.get(PIPELINE, namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return "gone", None  # children go with it (ownerReferences)
-        pipeline, problem = parse_resource(api.ModelPipeline, body)
-        if problem is not None:
-            await self._invalid(body, api.ModelPipelineStatus, problem, since)
-            return "invalid", None
-        uid = body["metadata"].get("uid")
-        jobs = _selected(self.store.owned(TRAINING, namespace, uid), builders.pipeline_training_selector(pipeline))
+    def pipeline_children(self, read: Read) -> list[p.ObservedResource]:
+        meta = read.source["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid")
+        assert isinstance(read.resource, api.ModelPipeline)
+        jobs = _selected(self.store.owned(TRAINING, namespace, uid), builders.pipeline_training_selector(read.resource))
         observed = [observe_child(job, api.TrainingJobStatus) for job in jobs if is_controlled_by(job, uid)]
         server = self.store.get(SERVING, namespace, name)
         if server is not None and is_controlled_by(server, uid):
@@ -299,10 +291,7 @@ class Controllers:
             # A deleted ModelServer is still going away (the garbage collector has not removed
             # its Deployment and pods yet): a new one now would count the old pods' restarts.
             observed.append(p.ObservedResource(kind=SERVING, name=name, deleting=True))
-        plan = plan_pipeline(pipeline, observed, self.clock(), self.config)
-        applied = await self.applier.apply(body, plan)
-        self._count(PIPELINE, body, plan, applied, since)
-        return "ok", plan.requeue_after
+        return observed
 
     def _server_leftovers(self, namespace: str, name: str) -> bool:
         """Whether the Deployment or server pods of a ModelServer named ``name`` still exist."""
@@ -311,26 +300,27 @@ class Controllers:
         selector = {LABEL_NAME: "mlvisor", LABEL_INSTANCE: name, LABEL_COMPONENT: "server"}
         return bool(_selected(self.store.pods(SERVING, namespace, name), selector))
 
-    # ------------------------------------------------------------------ shared
+    # ------------------------------------------------------------------ writing
 
-    async def _invalid(
-        self, body: Mapping[str, Any], status_model: type[pydantic.BaseModel], message: str, since: float | None
-    ) -> None:
+    async def write_invalid(self, invalid: Invalid, since: float | None) -> None:
         """InvalidSpec status plus one Warning Event per generation; no retry until the spec changes."""
+        body = invalid.source
         kind = str(body["kind"])
         meta = body["metadata"]
+        status_model = STATUS_MODELS[kind]
         previous = _previous_status(status_model, body)
-        status = conditions.invalid_spec_status(kind, meta.get("generation"), message, self.clock(), previous=previous)
+        status = conditions.invalid_spec_status(
+            kind, meta.get("generation"), invalid.message, self.clock(), previous=previous)
         applied = Applied()
         await self.applier.write_status(body, status.to_wire(), applied)
         if applied.status_written:
-            await self.applier.record_event(body, "Warning", "InvalidSpec", message, applied)
+            await self.applier.record_event(body, "Warning", "InvalidSpec", invalid.message, applied)
             self.metrics.escalations.labels(kind, "InvalidSpec").inc()
             self._latency(applied, since)
         else:
             logger.debug("still invalid", extra=fields(kind, meta["namespace"], meta["name"]))
 
-    def _count(self, kind: str, body: Mapping[str, Any], plan: p.Plan, applied: Applied, since: float | None) -> None:
+    def count(self, kind: str, body: Mapping[str, Any], plan: p.Plan, applied: Applied, since: float | None) -> None:
         """Metrics of what was carried out, read off the status transition that was written."""
         self._latency(applied, since)
         if plan.status is None or not applied.status_written:
@@ -350,6 +340,23 @@ class Controllers:
     def _latency(self, applied: Applied, since: float | None) -> None:
         if since is not None and applied.first_write_at is not None:
             self.metrics.event_to_action.observe(max(0.0, applied.first_write_at - since))
+
+
+class _ApiWriter:
+    """The :class:`~mlvisor.operator.reconcilers.Writer` of one reconcile: the plan goes to the API
+    server (``adapter.PlanApplier``), what was written to the metrics; ``since`` is when the
+    event that queued the reconcile arrived (the event-to-action histogram)."""
+
+    def __init__(self, controllers: Controllers, since: float | None) -> None:
+        self.controllers = controllers
+        self.since = since
+
+    async def apply(self, read: Read, plan: p.Plan) -> None:
+        applied = await self.controllers.applier.apply(read.source, plan)
+        self.controllers.count(read.resource.kind, read.source, plan, applied, self.since)
+
+    async def invalid(self, invalid: Invalid) -> None:
+        await self.controllers.write_invalid(invalid, self.since)
 
 
 def _selected(objects: Sequence[Mapping[str, Any]], selector: Mapping[str, str]) -> list[Mapping[str, Any]]:

@@ -1,10 +1,11 @@
-"""The local control loop: the same planners as the Kubernetes controllers, with processes as pods.
+"""The local control loop: the cluster's reconcilers, with processes as pods.
 
 This is the imperative shell for one machine. It keeps the resources and their statuses in
-memory (keyed by kind, namespace, name), and on every wake-up it does what a controller does
-for each resource: observe the children (worker processes; the local Deployment's replicas),
-call the pure planner with (resource with status, observed, now, config), carry out the
-plan's actions in order, and store the new status. It wakes when a child changes (exit,
+memory (keyed by kind, namespace, name), and on every wake-up it runs, for each resource, the
+reconcile the operator runs on a cluster (:func:`mlvisor.operator.reconcilers.reconcile`, one
+copy for both): this runtime is its Reader (the resources, the worker processes, the local
+Deployment's replicas) and its Writer (``_ProcessWriter``: the plan's actions in order, then
+the new status). It wakes when a child changes (exit,
 restart, readiness), when a planner's ``requeue_after`` is due, or when a resource file
 changes on disk (re-read like a ``kubectl apply`` of the new version). Level-triggered:
 reconciling more often than needed is harmless, so every wake-up reconciles everything,
@@ -41,7 +42,7 @@ from mlvisor.api.labels import (
     LABEL_WORKER_INDEX,
 )
 from mlvisor.api.progress import PROGRESS_HOST_ENV, PROGRESS_PORT_ENV, PROGRESS_PORT_NAME, ProgressReport
-from mlvisor.operator import builders
+from mlvisor.operator import builders, reconcilers
 from mlvisor.operator.local.kubelet import KubeletSettings, LocalDeployment, free_port
 from mlvisor.operator.local.processes import LocalProcess, ManifestError, ProcessSpec, process_spec_for_pod
 from mlvisor.operator.local.service import LocalService
@@ -52,23 +53,21 @@ from mlvisor.operator.plan import (
     CreatePod,
     DeletePod,
     DeleteResource,
-    ModelRef,
+    ObservedDeployment,
     ObservedPod,
+    ObservedResource,
     OperatorConfig,
     Plan,
     RecordEvent,
-    ReferencedJob,
 )
+from mlvisor.operator.reconcilers import Invalid, Read
 from mlvisor.operator.supervision import message_source
 
-Resource = api.TrainingJob | api.ModelServer | api.ModelPipeline
-Key = tuple[str, str, str]
-"""(kind, namespace, name)."""
+Resource = reconcilers.Resource
+Key = reconcilers.Key
 
 #: Reconcile order of the kinds: jobs, then the servers that wait for them, then the pipelines over both.
 KIND_ORDER = {"TrainingJob": 0, "ModelServer": 1, "ModelPipeline": 2}
-
-#: TrainingJob fields the API server refuses to change (the CRD's CEL transition rules).
 
 
 def key_of(resource: Resource) -> Key:
@@ -166,7 +165,7 @@ class LocalRuntime:
         self.reporter = reporter or Reporter()
         self.resources: dict[Key, Resource] = {}
         self.statuses: dict[Key, api.Model] = {}
-        self.workers: dict[Key, dict[str, WorkerRun]] = {}
+        self.workers_of: dict[Key, dict[str, WorkerRun]] = {}
         self.deployments: dict[Key, LocalDeployment] = {}
         self.services: dict[Key, LocalService] = {}
         self.grpc_services: dict[Key, LocalService] = {}
@@ -240,7 +239,7 @@ class LocalRuntime:
         self.resources.pop(key, None)
         self.statuses.pop(key, None)
         self.requeue_at.pop(key, None)
-        for run in self.workers.pop(key, {}).values():
+        for run in self.workers_of.pop(key, {}).values():
             self._spawn(run.process.stop(self.settings.stop_grace_seconds))
         dep = self.deployments.pop(key, None)
         if dep is not None:
@@ -299,14 +298,7 @@ class LocalRuntime:
             if key not in self.resources:
                 continue
             try:
-                if key[0] == "TrainingJob":
-                    await self._poll_progress(key)
-                    plan = self._plan_training(key, now)
-                elif key[0] == "ModelPipeline":
-                    plan = self._plan_pipeline(key, now)
-                else:
-                    plan = self._plan_serving(key, now)
-                await self._carry_out(key, plan)
+                await reconcilers.reconcile(self, _ProcessWriter(self), key, now, self.config)
             except ManifestError as e:
                 self.reporter.problems([f"{key_str(key)}: {e}"])
         self.steps += 1
@@ -335,7 +327,7 @@ class LocalRuntime:
     async def shutdown(self) -> None:
         """Stop every child (SIGTERM, grace, SIGKILL) and wait until all are gone."""
         tasks = []
-        for runs in self.workers.values():
+        for runs in self.workers_of.values():
             for run in runs.values():
                 tasks.append(run.process.stop(self.settings.stop_grace_seconds))
         for dep in self.deployments.values():
@@ -368,20 +360,49 @@ class LocalRuntime:
             return Path(path)
         return self.settings.data_dir / "volumes" / claim / path
 
-    def _plan_training(self, key: Key, now: float) -> Plan:
-        from mlvisor.operator.planners.training import plan_training
+    # The Reader of the reconcilers (mlvisor.operator.reconcilers): this runtime's own world.
 
-        job = self.resource_with_status(key)
-        assert isinstance(job, api.TrainingJob)
-        observed = [run.observe() for run in self.workers.get(key, {}).values()]
-        return plan_training(job, observed, now, self.config)
+    async def resource(self, key: Key) -> Read | Invalid | None:
+        """The resource with its status; every one is valid (the files were judged when loaded)."""
+        return Read(self.resource_with_status(key), key) if key in self.resources else None
+
+    async def workers(self, read: Read) -> list[ObservedPod]:
+        key = key_of(read.resource)
+        await self._poll_progress(key)
+        return [run.observe() for run in self.workers_of.get(key, {}).values()]
+
+    async def preflight(self, read: Read) -> Sequence[str]:
+        """None: `mlvisor run` judged every TrainingJob with the trainer's judge when it loaded the
+        files, with the data folder (so a CSV too), and runs nothing it refuses."""
+        return ()
+
+    def server_children(self, read: Read) -> tuple[ObservedDeployment | None, list[ObservedPod]]:
+        dep = self.deployments.get(key_of(read.resource))
+        return (None, []) if dep is None or dep.manifest is None else dep.observe()
+
+    def training_job(self, namespace: str, name: str) -> tuple[bool, api.TrainingJobStatus | None]:
+        key = ("TrainingJob", namespace, name)
+        status = self.statuses.get(key)
+        return key in self.resources, status if isinstance(status, api.TrainingJobStatus) else None
+
+    def pipeline_children(self, read: Read) -> list[ObservedResource]:
+        from mlvisor.operator.planners.pipeline import observed_child
+
+        key = key_of(read.resource)
+        observed = []
+        for child in sorted(c for c, owner in self.owners.items() if owner == key):
+            status = self.statuses.get(child)
+            meta = self.resources[child].metadata.model_dump(mode="json", by_alias=True, exclude_none=True)
+            observed.append(observed_child(
+                child[0], meta, status if isinstance(status, api.TrainingJobStatus | api.ModelServerStatus) else None))
+        return observed
 
     async def _poll_progress(self, key: Key) -> None:
         """Ask the job's running search workers for their reports, each at most once a poll period."""
         from mlvisor.operator.local.progress import fetch_progress
 
         now = time.monotonic()
-        due = {name: run for name, run in self.workers.get(key, {}).items()
+        due = {name: run for name, run in self.workers_of.get(key, {}).items()
                if run.progress_port is not None and run.process.running and not run.deleting
                and now - run.polled_at >= 0.8 * self.config.progress_poll_seconds}
         if not due:
@@ -391,39 +412,6 @@ class LocalRuntime:
         reports = await fetch_progress({name: run.progress_port for name, run in due.items() if run.progress_port})
         for name, report in reports.items():
             due[name].progress = report
-
-    def model_source(self, server: api.ModelServer) -> tuple[ModelRef | None, ReferencedJob | None]:
-        """What spec.model points at now, and the job it references: the cluster's rule (planners.serving)."""
-        from mlvisor.operator.planners.serving import model_source
-
-        ref = server.spec.model.training_job_ref
-        key = ("TrainingJob", server.metadata.namespace, ref.name) if ref is not None else None
-        status = self.statuses.get(key) if key is not None else None
-        return model_source(server, key in self.resources if key is not None else False,
-                            status if isinstance(status, api.TrainingJobStatus) else None)
-
-    def _plan_serving(self, key: Key, now: float) -> Plan:
-        from mlvisor.operator.planners.serving import plan_serving
-
-        server = self.resource_with_status(key)
-        assert isinstance(server, api.ModelServer)
-        dep = self.deployments.get(key)
-        observed_dep, pods = (None, []) if dep is None or dep.manifest is None else dep.observe()
-        source, referenced_job = self.model_source(server)
-        return plan_serving(server, observed_dep, pods, source, now, self.config, referenced_job=referenced_job)
-
-    def _plan_pipeline(self, key: Key, now: float) -> Plan:
-        from mlvisor.operator.planners.pipeline import observed_child, plan_pipeline
-
-        pipeline = self.resource_with_status(key)
-        assert isinstance(pipeline, api.ModelPipeline)
-        observed = []
-        for child in sorted(c for c, owner in self.owners.items() if owner == key):
-            status = self.statuses.get(child)
-            meta = self.resources[child].metadata.model_dump(mode="json", by_alias=True, exclude_none=True)
-            observed.append(observed_child(
-                child[0], meta, status if isinstance(status, api.TrainingJobStatus | api.ModelServerStatus) else None))
-        return plan_pipeline(pipeline, observed, now, self.config)
 
     def _apply_child(self, owner: Key, manifest: dict[str, Any]) -> None:
         """ApplyResource: create the child resource, or bring its spec to the manifest's."""
@@ -503,7 +491,7 @@ class LocalRuntime:
         self.wake()
 
     async def _create_worker(self, key: Key, manifest: dict[str, Any]) -> None:
-        runs = self.workers.setdefault(key, {})
+        runs = self.workers_of.setdefault(key, {})
         name = manifest["metadata"]["name"]
         if name in runs:
             return  # create-if-absent, as the Kubernetes shell does
@@ -534,7 +522,7 @@ class LocalRuntime:
         return {name: data for (ns, name), data in self.secrets.items() if ns == namespace}
 
     def _delete_pod(self, key: Key, name: str) -> None:
-        runs = self.workers.get(key, {})
+        runs = self.workers_of.get(key, {})
         run = runs.pop(name, None)
         if run is not None:
             run.deleting = True
@@ -666,6 +654,20 @@ class LocalRuntime:
                 for p in self.processes
             ]
         }
+
+
+class _ProcessWriter:
+    """The :class:`~mlvisor.operator.reconcilers.Writer` of the local runtime: plans become processes."""
+
+    def __init__(self, runtime: LocalRuntime) -> None:
+        self.runtime = runtime
+
+    async def apply(self, read: Read, plan: Plan) -> None:
+        await self.runtime._carry_out(key_of(read.resource), plan)
+
+    async def invalid(self, invalid: Invalid) -> None:
+        # Not reached: every resource here was judged when its file was loaded.
+        self.runtime.reporter.problems([invalid.message])
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:
