@@ -1,25 +1,32 @@
-"""A small async door to the Kubernetes API, built on the ``kubernetes`` client's transport.
+"""A small async door to the Kubernetes API: aiohttp on the event loop, configured by ``kubernetes``.
 
 The operator works with plain JSON dicts end to end: the builders produce manifest dicts, the
 observers read pod and Deployment dicts, status is the api models' ``to_wire()``. The typed
 ``kubernetes`` 37 API classes would convert every object to and from pydantic models (slow to
 build, strict on client side, lossy for fields the model does not know), so this module keeps
-the client's configuration, authentication (kubeconfig, in-cluster token refresh), TLS and
-connection pool, and sends dicts through ``ApiClient.call_api``.
+only the client's *configuration*: where the server is, the kubeconfig or in-cluster login
+(bearer token, refreshed through the configuration's hook before each request; client
+certificates) and TLS (CA, hostname, ``tls-server-name``).
 
-Every call is blocking underneath and runs in a worker thread (``asyncio.to_thread``), so the
-kopf event loop is never blocked. Errors come back as ``ApiError`` with the HTTP status, so the
-callers can say "409 on create means it exists" and "404 on delete means it is gone".
+Requests go out through one aiohttp session on the operator's own event loop (aiohttp is kopf's
+transport too), at most ``max_in_flight`` at once: no thread per request. Until this change
+every write went through the synchronous client in ``asyncio.to_thread``: a thread hop and a
+urllib3 request each, six at a time on 2 cores (the default executor), which was the largest
+cost left in the profile of a burst (docs/operator.md). Errors come back as ``ApiError`` with
+the HTTP status, so the callers can say "409 on create means it exists" and "404 on delete
+means it is gone"; a 429's Retry-After is kept for the work queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import orjson
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -71,16 +78,23 @@ class Kube:
         configuration: Any,
         timeout: tuple[float, float] = (10.0, 30.0),
         on_request: Callable[[str], None] | None = None,
+        max_in_flight: int = 32,
     ) -> None:
-        from kubernetes import client
-
-        self._api = client.ApiClient(configuration)
-        self._timeout = timeout
+        self._configuration = configuration
+        self._host = str(configuration.host).rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(sock_connect=timeout[0], sock_read=timeout[1])
         self._on_request = on_request
         """Told the verb of every request before it is sent (the operator's request counter)."""
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._max_in_flight = max_in_flight
+        self._session: aiohttp.ClientSession | None = None
+        self._ssl = _ssl_context(configuration) if self._host.startswith("https:") else None
+        self._proxy = _proxy(configuration)
 
-    def close(self) -> None:
-        self._api.close()
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def get(self, path: str) -> dict[str, Any]:
         return await self.request("GET", path)
@@ -111,39 +125,72 @@ class Kube:
         """``verb``: what the request counts as (LIST for a GET of a collection), ``method`` by default."""
         if self._on_request is not None:
             self._on_request(verb or method)
-        return await asyncio.to_thread(self._request, method, path, query, body, content_type)
-
-    def _request(
-        self, method: str, path: str, query: Mapping[str, str] | None, body: Any, content_type: str
-    ) -> dict[str, Any]:
-        from kubernetes.client.exceptions import ApiException
-
         headers = {"Accept": "application/json"}
+        # The configuration's hook refreshes an expiring token (the in-cluster projected token, exec plugins).
+        bearer = self._configuration.auth_settings().get("BearerToken")
+        if bearer and bearer.get("value"):
+            headers["Authorization"] = bearer["value"]
+        data = None
         if body is not None:
             headers["Content-Type"] = content_type
-        method, url, headers, payload, post = self._api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=list((query or {}).items()),
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
+            data = orjson.dumps(body)
+        async with self._in_flight:
+            try:
+                async with self._client().request(
+                    method, self._host + path, params=dict(query) if query else None, data=data, headers=headers,
+                    ssl=self._ssl if self._ssl is not None else True, proxy=self._proxy,
+                    server_hostname=self._configuration.tls_server_name or None,
+                ) as response:
+                    payload = await response.read()
+                    status, reason, answer_headers = response.status, response.reason, response.headers
+            except (TimeoutError, aiohttp.ClientError, OSError) as e:  # refused, reset, timeouts: retried later
+                raise ApiError(0, type(e).__name__, str(e)) from None
         try:
-            response = self._api.call_api(method, url, headers, payload, post, _request_timeout=self._timeout)
-        except ApiException as e:
-            raise ApiError(e.status or 0, str(e.reason or "Error"), str(e.body or ""), retry_after(e.headers)) from None
-        except Exception as e:  # connection refused, timeouts: the caller retries later
-            raise ApiError(0, type(e).__name__, str(e)) from None
-        data = response.read() or b"{}"
-        try:
-            decoded = orjson.loads(data)
+            decoded = orjson.loads(payload or b"{}")
         except ValueError:
-            decoded = {"message": data.decode(errors="replace")}
-        if not 200 <= response.status <= 299:
-            raise ApiError(response.status, str(response.reason or ""), str(decoded.get("message", "")),
-                           retry_after(getattr(response, "headers", None)))
+            decoded = {"message": payload.decode(errors="replace")}
+        if not 200 <= status <= 299:
+            message = decoded.get("message", "") if isinstance(decoded, dict) else ""
+            raise ApiError(status, str(reason or ""), str(message), retry_after(answer_headers))
         return decoded if isinstance(decoded, dict) else {"items": decoded}
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The session, made on first use: it belongs to the running event loop."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_in_flight),
+                timeout=self._timeout,
+                json_serialize=lambda o: orjson.dumps(o).decode(),
+            )
+        return self._session
+
+
+def _ssl_context(configuration: Any) -> ssl.SSLContext:
+    """TLS as the ``kubernetes`` client sets it up: the kubeconfig's or the service account's CA,
+    client certificates, ``insecure-skip-tls-verify`` (verify_ssl False)."""
+    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None,
+                                         cadata=configuration.ca_cert_data or None)
+    if configuration.cert_file:
+        context.load_cert_chain(configuration.cert_file, configuration.key_file or None)
+    if not configuration.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif configuration.assert_hostname is False:
+        context.check_hostname = False
+    return context
+
+
+def _proxy(configuration: Any) -> str | None:
+    """The kubeconfig's proxy-url, unless the host is in no_proxy (HTTP proxies; aiohttp speaks no SOCKS)."""
+    if not configuration.proxy:
+        return None
+    from kubernetes.client.rest import should_bypass_proxies
+
+    if should_bypass_proxies(configuration.host, configuration.no_proxy or ""):
+        return None
+    if not str(configuration.proxy).startswith(("http://", "https://")):
+        raise ValueError(f"proxy-url {configuration.proxy}: the operator speaks to HTTP(S) proxies only")
+    return str(configuration.proxy)
 
 
 # --------------------------------------------------------------------------- paths

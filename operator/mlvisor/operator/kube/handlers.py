@@ -118,7 +118,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         await queue.close()
     kube: client.Kube | None = memo.get("kube")
     if kube is not None:
-        kube.close()
+        await kube.close()
     judge = memo.get("judge")
     if judge is not None:
         await asyncio.to_thread(judge.close)

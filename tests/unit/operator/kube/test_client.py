@@ -1,0 +1,172 @@
+"""The operator's API door (kube/client.py) against a real HTTP server of the test's (aiohttp.web).
+
+TLS and the two logins (a kubeconfig's client certificates, the in-cluster token) are exercised
+against the real API server by the cluster tier and bench/operator.py; here: what goes out, what
+comes back, errors as ApiError with the server's status, message and Retry-After, and the bound
+on requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from kubernetes.client import Configuration
+
+from mlvisor.operator.kube.client import ApiError, Kube
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def configuration(port: int, token: str | None = "s3cret") -> Any:
+    c = Configuration()
+    c.host = f"http://127.0.0.1:{port}"
+    if token is not None:
+        c.api_key = {"authorization": token}
+        c.api_key_prefix = {"authorization": "Bearer"}
+    return c
+
+
+async def serve(handler: Handler) -> tuple[web.AppRunner, int]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, port
+
+
+def test_a_request_sends_json_with_the_token_and_returns_the_decoded_answer() -> None:
+    seen: list[dict[str, Any]] = []
+    counted: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append({"method": request.method, "path": request.path, "query": dict(request.query),
+                     "auth": request.headers.get("Authorization"), "type": request.headers.get("Content-Type"),
+                     "body": orjson.loads(await request.read()) if request.can_read_body else None})
+        return web.Response(body=orjson.dumps({"kind": "Pod", "metadata": {"name": "p"}}), content_type="application/json")
+
+    async def main() -> list[Any]:
+        runner, port = await serve(handler)
+        kube = Kube(configuration(port), on_request=counted.append)
+        try:
+            created = await kube.create("/api/v1/namespaces/ml/pods", {"metadata": {"name": "p"}})
+            patched = await kube.patch("/apis/mlvisor.dev/v1alpha1/namespaces/ml/trainingjobs/j/status", {"status": {"phase": "Running"}})
+            listed = await kube.list("/api/v1/namespaces/ml/pods", label_selector="app=x")
+            return [created, patched, listed]
+        finally:
+            await kube.close()
+            await runner.cleanup()
+
+    created, patched, listed = asyncio.run(main())
+    assert created == patched == {"kind": "Pod", "metadata": {"name": "p"}}
+    assert listed == []  # the answer has no items
+    assert [(s["method"], s["path"]) for s in seen] == [
+        ("POST", "/api/v1/namespaces/ml/pods"),
+        ("PATCH", "/apis/mlvisor.dev/v1alpha1/namespaces/ml/trainingjobs/j/status"),
+        ("GET", "/api/v1/namespaces/ml/pods"),
+    ]
+    assert all(s["auth"] == "Bearer s3cret" for s in seen)
+    assert seen[0]["type"] == "application/json" and seen[0]["body"] == {"metadata": {"name": "p"}}
+    assert seen[1]["type"] == "application/merge-patch+json" and seen[1]["body"] == {"status": {"phase": "Running"}}
+    assert seen[2]["query"] == {"labelSelector": "app=x"} and seen[2]["body"] is None
+    assert counted == ["POST", "PATCH", "LIST"]
+
+
+def test_the_token_is_asked_for_on_every_request_so_a_refreshed_one_is_used() -> None:
+    tokens = iter(["first", "second"])
+    auth: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        auth.append(request.headers.get("Authorization"))
+        return web.json_response({})
+
+    async def main() -> None:
+        runner, port = await serve(handler)
+        c = configuration(port)
+        c.refresh_api_key_hook = lambda conf: conf.api_key.update(authorization=next(tokens))  # as in-cluster login does
+        kube = Kube(c)
+        try:
+            await kube.get("/api/v1/namespaces/ml/pods/a")
+            await kube.get("/api/v1/namespaces/ml/pods/b")
+        finally:
+            await kube.close()
+            await runner.cleanup()
+
+    asyncio.run(main())
+    assert auth == ["Bearer first", "Bearer second"]
+
+
+@pytest.mark.parametrize(("status", "headers", "retry_after"), [
+    (409, {}, None),
+    (429, {"Retry-After": "3"}, 3.0),
+    (404, {}, None),
+])
+def test_an_error_answer_is_an_api_error_with_the_servers_status_message_and_retry_after(
+    status: int, headers: dict[str, str], retry_after: float | None
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"kind": "Status", "message": f"said {status}"}, status=status, headers=headers)
+
+    async def main() -> ApiError:
+        runner, port = await serve(handler)
+        kube = Kube(configuration(port, token=None))
+        try:
+            with pytest.raises(ApiError) as caught:
+                await kube.delete("/api/v1/namespaces/ml/pods/p")
+            return caught.value
+        finally:
+            await kube.close()
+            await runner.cleanup()
+
+    error = asyncio.run(main())
+    assert (error.status, error.message, error.retry_after) == (status, f"said {status}", retry_after)
+
+
+def test_a_server_that_is_not_there_is_an_api_error_with_status_0() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+
+    async def main() -> ApiError:
+        kube = Kube(configuration(port))
+        try:
+            with pytest.raises(ApiError) as caught:
+                await kube.get("/api/v1/namespaces/ml/pods/p")
+            return caught.value
+        finally:
+            await kube.close()
+
+    assert asyncio.run(main()).status == 0
+
+
+def test_at_most_max_in_flight_requests_are_sent_at_once() -> None:
+    now = 0
+    most = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal now, most
+        now += 1
+        most = max(most, now)
+        await asyncio.sleep(0.05)
+        now -= 1
+        return web.json_response({})
+
+    async def main() -> None:
+        runner, port = await serve(handler)
+        kube = Kube(configuration(port), max_in_flight=3)
+        try:
+            await asyncio.gather(*(kube.create("/api/v1/namespaces/ml/pods", {"n": i}) for i in range(20)))
+        finally:
+            await kube.close()
+            await runner.cleanup()
+
+    asyncio.run(main())
+    assert most == 3
