@@ -10,12 +10,6 @@ the same DataFrame; a bad column is a 400/INVALID_ARGUMENT naming it.
 
 from __future__ import annotations
 
-import http.client
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -23,6 +17,7 @@ import pandas as pd
 import pytest
 
 from helpers.artifacts import build_table_artifact
+from helpers.server_process import server_process
 
 tritonhttp = pytest.importorskip("tritonclient.http")
 tritongrpc = pytest.importorskip("tritonclient.grpc")
@@ -38,39 +33,12 @@ FRAME = pd.DataFrame({
 })
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, object]]:
     root = tmp_path_factory.mktemp("table")
     path, model, _ = build_table_artifact(root)
-    port, grpc_port = _free_port(), _free_port()
-    env = dict(os.environ, MLVISOR_MODEL_DIR=str(path), MLVISOR_HOST="127.0.0.1", MLVISOR_PORT=str(port),
-               MLVISOR_GRPC_PORT=str(grpc_port))
-    log = root / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mlvisor.server"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                conn.request("GET", "/v2/health/ready")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not become ready:\n{log.read_text()}")
-            time.sleep(0.05)
-        yield f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", model
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    with server_process(path, root / "server.log") as running:
+        yield running.url, running.grpc_url, model
 
 
 def _inputs(module, metadata_inputs: list, binary: bool | None) -> list:

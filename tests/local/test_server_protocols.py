@@ -13,11 +13,8 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -29,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers.artifacts import build_artifact
+from helpers.server_process import ServerProcess, server_process
 
 tritonhttp = pytest.importorskip("tritonclient.http")
 tritongrpc = pytest.importorskip("tritonclient.grpc")
@@ -39,65 +37,23 @@ MAX_ROWS = 50
 MAX_BODY = 256 * 1024
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    def __init__(self, proc: subprocess.Popen, port: int, grpc_port: int, model, X: np.ndarray, log: Path) -> None:
-        self.proc, self.port, self.grpc_port, self.model, self.X, self.log = proc, port, grpc_port, model, X, log
-        self.url = f"127.0.0.1:{port}"
-        self.grpc_url = f"127.0.0.1:{grpc_port}"
+    """The running server (``proc``, ports, ``log``) and the model and rows its artifact was built from."""
+
+    def __init__(self, running: ServerProcess, model, X: np.ndarray) -> None:
+        self.proc, self.port, self.grpc_port, self.log = running.proc, running.port, running.grpc_port, running.log
+        self.url, self.grpc_url = running.url, running.grpc_url
+        self.model, self.X = model, X
+        self.answers = running.answers
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("artifact")
     path, model, X = build_artifact(root)
-    port, grpc_port = _free_port(), _free_port()
-    env = dict(os.environ, MLVISOR_MODEL_DIR=str(path), MLVISOR_HOST="127.0.0.1", MLVISOR_PORT=str(port),
-               MLVISOR_GRPC_PORT=str(grpc_port), MLVISOR_MAX_ROWS=str(MAX_ROWS), MLVISOR_MAX_BODY_BYTES=str(MAX_BODY))
-    log = root / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mlvisor.server"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                conn.request("GET", "/v2/health/ready")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not become ready:\n{log.read_text()}")
-            time.sleep(0.05)
-        yield Server(proc, port, grpc_port, model, X, log)
-    finally:
-        stuck = proc.poll() is None and not _answers(port)
-        if stuck:  # where it is stuck, for the failure below (SIGUSR1: the server prints its stacks)
-            proc.send_signal(signal.SIGUSR1)
-            time.sleep(2)
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        assert not stuck, f"the server stopped answering; its stacks and log:\n{log.read_text()[-12000:]}"
-        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
-
-
-def _answers(port: int) -> bool:
-    try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        c.request("GET", "/v2/health/live")
-        return c.getresponse().status == 200
-    except OSError:
-        return False
+    env = {"MLVISOR_MAX_ROWS": str(MAX_ROWS), "MLVISOR_MAX_BODY_BYTES": str(MAX_BODY)}
+    with server_process(path, root / "server.log", env) as running:
+        yield Server(running, model, X)
 
 
 # ----------------------------------------------------------------------------- real clients
@@ -181,7 +137,7 @@ def test_sigusr1_prints_every_threads_stack_and_the_server_goes_on(server: Serve
         time.sleep(0.1)
     dump = server.log.read_bytes()[before:].decode(errors="replace")
     assert "Thread" in dump and "(most recent call first)" in dump and "mlvisor/server/batcher.py" in dump, dump[-3000:]
-    assert server.proc.poll() is None and _answers(server.port)
+    assert server.proc.poll() is None and server.answers()
 
 
 # ----------------------------------------------------------------------------- bad input on one connection
