@@ -23,7 +23,7 @@ body that does not parse is the cluster's problem: `mlvisor run` validated its f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -107,30 +107,34 @@ Outcome = Literal["ok", "invalid", "gone"]
 
 
 async def reconcile(
-    reader: Reader, writer: Writer, key: Key, now: float, config: p.OperatorConfig
+    reader: Reader, writer: Writer, key: Key, clock: Callable[[], float], config: p.OperatorConfig
 ) -> tuple[Outcome, float | None]:
-    """Reconcile one resource: (what happened, seconds until it must be looked at again or None)."""
+    """Reconcile one resource: (what happened, seconds until it must be looked at again or None).
+
+    ``clock`` is read once the inputs are gathered (a progress poll or a pre-flight judgement can
+    take a while), so the planner's ``now`` is the time of what it observed."""
     read = await reader.resource(key)
     if read is None:
         return "gone", None  # children go with it (ownerReferences; the local garbage collector)
     if isinstance(read, Invalid):
         await writer.invalid(read)
         return "invalid", None  # nothing is retried until the spec changes
-    plan = await plan_for(reader, read, now, config)
+    plan = await plan_for(reader, read, clock, config)
     await writer.apply(read, plan)
     return "ok", plan.requeue_after
 
 
-async def plan_for(reader: Reader, read: Read, now: float, config: p.OperatorConfig) -> p.Plan:
+async def plan_for(reader: Reader, read: Read, clock: Callable[[], float], config: p.OperatorConfig) -> p.Plan:
     """The planner's answer for one resource, its inputs gathered from ``reader``."""
     resource = read.resource
     if isinstance(resource, api.TrainingJob):
         observed = await reader.workers(read)
-        return plan_training(resource, observed, now, config, preflight=await reader.preflight(read))
+        preflight = await reader.preflight(read)
+        return plan_training(resource, observed, clock(), config, preflight=preflight)
     if isinstance(resource, api.ModelServer):
         deployment, pods = reader.server_children(read)
         ref = resource.spec.model.training_job_ref
         exists, status = reader.training_job(resource.metadata.namespace, ref.name) if ref else (False, None)
         source, referenced_job = model_source(resource, exists, status)
-        return plan_serving(resource, deployment, pods, source, now, config, referenced_job=referenced_job)
-    return plan_pipeline(resource, reader.pipeline_children(read), now, config)
+        return plan_serving(resource, deployment, pods, source, clock(), config, referenced_job=referenced_job)
+    return plan_pipeline(resource, reader.pipeline_children(read), clock(), config)

@@ -91,15 +91,21 @@ class Recorder:
         self.invalids.append(invalid)
 
 
-def run(world: Reader, writer: Writer, key: Key) -> tuple[str, float | None]:
-    return asyncio.run(reconcile(world, writer, key, NOW, CONFIG))
+def run(world: World, writer: Writer, key: Key) -> tuple[str, float | None]:
+    def clock() -> float:
+        world.asked.append("clock")
+        return NOW
+
+    reader: Reader = world
+    return asyncio.run(reconcile(reader, writer, key, clock, CONFIG))
 
 
 def test_a_new_job_is_planned_from_its_workers_and_the_preflight_and_its_plan_goes_to_the_writer() -> None:
     world, writer = World(job()), Recorder()
     outcome, _ = run(world, writer, ("TrainingJob", "ml", "iris"))
     assert outcome == "ok"
-    assert world.asked == ["workers of body of TrainingJob", "preflight of body of TrainingJob"]
+    # the planner's now is read once its inputs are in (a progress poll or a judgement takes time)
+    assert world.asked == ["workers of body of TrainingJob", "preflight of body of TrainingJob", "clock"]
     ((read, plan),) = writer.applied
     assert read.source == "body of TrainingJob"  # the writer gets what the reader read (the body it guards with)
     assert [a.manifest["metadata"]["name"] for a in plan.actions if isinstance(a, p.CreatePod)] == ["iris-worker-0-1"]
@@ -138,7 +144,7 @@ def test_an_invalid_resource_goes_to_the_writers_invalid_and_is_not_planned() ->
 def test_a_server_serves_what_its_job_reports_as_the_reader_tells_it(jobs: dict[str, Any], serves: str | None) -> None:
     world, writer = World(server(), jobs=jobs), Recorder()
     run(world, writer, ("ModelServer", "ml", "iris"))
-    assert world.asked == ["children of body of ModelServer", "job ml/iris"]
+    assert world.asked == ["children of body of ModelServer", "job ml/iris", "clock"]
     ((_, plan),) = writer.applied
     deployments = [a.manifest for a in plan.actions if isinstance(a, p.ApplyDeployment)]
     if serves is None:
@@ -153,4 +159,4 @@ def test_a_server_serves_what_its_job_reports_as_the_reader_tells_it(jobs: dict[
 def test_a_server_by_uri_asks_for_no_job() -> None:
     world, writer = World(server(uri="pvc://mlvisor-models/ml/iris/v3/")), Recorder()
     run(world, writer, ("ModelServer", "ml", "iris"))
-    assert world.asked == ["children of body of ModelServer"]
+    assert world.asked == ["children of body of ModelServer", "clock"]

@@ -160,7 +160,6 @@ class Kube:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_in_flight),
                 timeout=self._timeout,
-                json_serialize=lambda o: orjson.dumps(o).decode(),
             )
         return self._session
 

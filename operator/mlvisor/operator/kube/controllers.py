@@ -162,7 +162,7 @@ class Controllers:
     async def reconcile(self, key: Any, since: float | None) -> float | None:
         kind = key[0]
         try:
-            result, again = await reconcilers.reconcile(self, _ApiWriter(self, since), key, self.clock(), self.config)
+            result, again = await reconcilers.reconcile(self, _ApiWriter(self, since), key, self.clock, self.config)
         except Exception:
             self.metrics.reconciles.labels(kind, "error").inc()
             raise
@@ -305,7 +305,7 @@ class Controllers:
     async def write_invalid(self, invalid: Invalid, since: float | None) -> None:
         """InvalidSpec status plus one Warning Event per generation; no retry until the spec changes."""
         body = invalid.source
-        kind = str(body["kind"])
+        kind = invalid.kind
         meta = body["metadata"]
         status_model = STATUS_MODELS[kind]
         previous = _previous_status(status_model, body)

@@ -298,7 +298,7 @@ class LocalRuntime:
             if key not in self.resources:
                 continue
             try:
-                await reconcilers.reconcile(self, _ProcessWriter(self), key, now, self.config)
+                await reconcilers.reconcile(self, _ProcessWriter(self), key, lambda: now, self.config)
             except ManifestError as e:
                 self.reporter.problems([f"{key_str(key)}: {e}"])
         self.steps += 1
