@@ -1411,5 +1411,12 @@ KINDS: dict[str, type[TrainingJob] | type[ModelServer] | type[ModelPipeline]] = 
     "ModelPipeline": ModelPipeline,
 }
 
+#: Each kind's status model: what the CRD's status schema is made from and what a stored status parses as.
+STATUSES: dict[str, type[TrainingJobStatus] | type[ModelServerStatus] | type[ModelPipelineStatus]] = {
+    "TrainingJob": TrainingJobStatus,
+    "ModelServer": ModelServerStatus,
+    "ModelPipeline": ModelPipelineStatus,
+}
+
 PLURALS = {"TrainingJob": "trainingjobs", "ModelServer": "modelservers", "ModelPipeline": "modelpipelines"}
 SHORT_NAMES = {"TrainingJob": "tj", "ModelServer": "ms", "ModelPipeline": "mp"}

@@ -100,12 +100,12 @@ def structural_schema(model: type[api.Model], mode: str = "validation") -> dict[
 
 
 def _top_schema(kind: str) -> dict[str, Any]:
-    models: dict[str, tuple[type[api.Model], type[api.Model]]] = {
-        "TrainingJob": (api.TrainingJobSpec, api.TrainingJobStatus),
-        "ModelServer": (api.ModelServerSpec, api.ModelServerStatus),
-        "ModelPipeline": (api.ModelPipelineSpec, api.ModelPipelineStatus),
+    specs: dict[str, type[api.Model]] = {
+        "TrainingJob": api.TrainingJobSpec,
+        "ModelServer": api.ModelServerSpec,
+        "ModelPipeline": api.ModelPipelineSpec,
     }
-    spec_model, status_model = models[kind]
+    spec_model, status_model = specs[kind], api.STATUSES[kind]
     spec = structural_schema(spec_model)
     status = structural_schema(status_model, mode="serialization")
     status.pop("required", None)  # status is written piecewise by the controller

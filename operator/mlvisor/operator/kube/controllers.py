@@ -42,13 +42,10 @@ from mlvisor.operator.kube.preflight import PreflightError, PreflightJudge
 from mlvisor.operator.kube.progress import ProgressPoller, with_progress
 from mlvisor.operator.kube.store import Store
 from mlvisor.operator.planners import conditions
-from mlvisor.operator.reconcilers import PIPELINE, SERVING, TRAINING, Invalid, Key, Read
+from mlvisor.operator.reconcilers import SERVING, TRAINING, Invalid, Key, Read
 
 logger = logging.getLogger(__name__)
 
-STATUS_MODELS: dict[str, type[pydantic.BaseModel]] = {
-    TRAINING: api.TrainingJobStatus, SERVING: api.ModelServerStatus, PIPELINE: api.ModelPipelineStatus,
-}
 
 
 def describe_validation_error(kind: str, error: pydantic.ValidationError, more: Sequence[str] = ()) -> str:
@@ -238,7 +235,8 @@ class Controllers:
         them, in the same words. Judged once per distinct spec, in a thread.
         """
         job = read.resource
-        if job.status is not None and getattr(job.status, "version", None) is not None:
+        assert isinstance(job, api.TrainingJob)
+        if job.status is not None and job.status.version is not None:
             return []
         return await self._judged(read.source["spec"])
 
@@ -307,8 +305,7 @@ class Controllers:
         body = invalid.source
         kind = invalid.kind
         meta = body["metadata"]
-        status_model = STATUS_MODELS[kind]
-        previous = _previous_status(status_model, body)
+        previous = _previous_status(api.STATUSES[kind], body)
         status = conditions.invalid_spec_status(
             kind, meta.get("generation"), invalid.message, self.clock(), previous=previous)
         applied = Applied()

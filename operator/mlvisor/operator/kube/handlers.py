@@ -43,12 +43,13 @@ from mlvisor import api
 from mlvisor.api.labels import LABEL_MANAGED_BY, MANAGED_BY
 from mlvisor.operator.kube import client
 from mlvisor.operator.kube import settings as operator_settings
-from mlvisor.operator.kube.controllers import PIPELINE, SERVING, TRAINING, Controllers, retry_delay, warm_up_preflight
+from mlvisor.operator.kube.controllers import Controllers, retry_delay, warm_up_preflight
 from mlvisor.operator.kube.metrics import Metrics
 from mlvisor.operator.kube.observe import controller_ref
 from mlvisor.operator.kube.predicates import Changes, pod_projection, resource_projection
 from mlvisor.operator.kube.queue import WorkQueue
 from mlvisor.operator.kube.store import Store, pod_keys, pod_owner, resource_keys, workload_keys
+from mlvisor.operator.reconcilers import PIPELINE, SERVING, TRAINING
 
 logger = logging.getLogger(__name__)
 
