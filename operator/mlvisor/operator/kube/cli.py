@@ -65,9 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     import kopf
 
-    from mlvisor.operator.kube import handlers, kopf_patches
+    from mlvisor.operator.kube import handlers
 
-    kopf_patches.quiet_toggle_sets()
     memo = kopf.Memo(options=options)
     # kopf would name itself "<user>@<host>" through getpass.getuser(), which raises for a uid
     # without a passwd entry (an arbitrary runAsUser, OpenShift's random uids): the operator

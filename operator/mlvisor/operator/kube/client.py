@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -88,13 +88,16 @@ class Kube:
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._max_in_flight = max_in_flight
         self._session: aiohttp.ClientSession | None = None
+        self._watch_session: aiohttp.ClientSession | None = None
+        """Watches hold their connection for minutes: a pool of their own, outside ``max_in_flight``."""
         self._ssl = _ssl_context(configuration) if self._host.startswith("https:") else None
         self._proxy = _proxy(configuration)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
+        self._session = self._watch_session = None
 
     async def get(self, path: str) -> dict[str, Any]:
         return await self.request("GET", path)
@@ -125,11 +128,7 @@ class Kube:
         """``verb``: what the request counts as (LIST for a GET of a collection), ``method`` by default."""
         if self._on_request is not None:
             self._on_request(verb or method)
-        headers = {"Accept": "application/json"}
-        # The configuration's hook refreshes an expiring token (the in-cluster projected token, exec plugins).
-        bearer = self._configuration.auth_settings().get("BearerToken")
-        if bearer and bearer.get("value"):
-            headers["Authorization"] = bearer["value"]
+        headers = self._headers()
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
@@ -153,6 +152,60 @@ class Kube:
             message = decoded.get("message", "") if isinstance(decoded, dict) else ""
             raise ApiError(status, str(reason or ""), str(message), retry_after(answer_headers))
         return decoded if isinstance(decoded, dict) else {"items": decoded}
+
+    async def watch(
+        self, path: str, query: Mapping[str, str], client_timeout: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The events of a watch (``?watch=true`` is added), one decoded dict per line, until the server ends it.
+
+        ``client_timeout``: seconds without a byte from the server after which the watch counts as
+        dead (a silently dropped connection never ends otherwise); then ``ApiError(0, ...)``. An
+        HTTP error answer (a 410 when the resourceVersion is too old) is an ``ApiError`` too.
+        Lines are split here rather than by aiohttp's ``readline``, which refuses lines over 64 KiB
+        (a resource with a large status is one such line).
+        """
+        if self._on_request is not None:
+            self._on_request("WATCH")
+        headers = self._headers()
+        if self._watch_session is None or self._watch_session.closed:
+            self._watch_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(sock_connect=self._timeout.sock_connect, sock_read=client_timeout),
+            )
+        try:
+            async with self._watch_session.get(
+                self._host + path, params={**query, "watch": "true"}, headers=headers,
+                ssl=self._ssl if self._ssl is not None else True, proxy=self._proxy,
+                server_hostname=self._configuration.tls_server_name or None,
+            ) as response:
+                if not 200 <= response.status <= 299:
+                    payload = await response.read()
+                    try:
+                        message = str(orjson.loads(payload).get("message", ""))
+                    except (ValueError, AttributeError):
+                        message = payload.decode(errors="replace")
+                    raise ApiError(response.status, str(response.reason or ""), message, retry_after(response.headers))
+                pending = b""
+                async for chunk in response.content.iter_any():
+                    pending += chunk
+                    if b"\n" not in chunk:
+                        continue
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield orjson.loads(line)
+                if pending.strip():
+                    yield orjson.loads(pending)
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            raise ApiError(0, type(e).__name__, str(e)) from None
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        # The configuration's hook refreshes an expiring token (the in-cluster projected token, exec plugins).
+        bearer = self._configuration.auth_settings().get("BearerToken")
+        if bearer and bearer.get("value"):
+            headers["Authorization"] = bearer["value"]
+        return headers
 
     def _client(self) -> aiohttp.ClientSession:
         """The session, made on first use: it belongs to the running event loop."""

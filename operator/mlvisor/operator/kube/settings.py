@@ -37,8 +37,6 @@ class Options:
     watch_connect_timeout: float = 30.0
     request_timeout: float = 60.0
     """Every non-watch API request of kopf and of the controllers."""
-    worker_idle_seconds: float = 0.5
-    """How long kopf keeps an object's event worker (and the last body it holds) after its last event."""
     reconcile_workers: int = 512
     """Most reconciles at once (MaxConcurrentReconciles); the rest wait holding only their key."""
     config: OperatorConfig = field(default_factory=OperatorConfig)
@@ -85,29 +83,6 @@ def reconcile_workers_from_env() -> int:
     return int(value)
 
 
-def _no_diffbase(kopf: Any) -> Any:
-    """A diff-base storage that builds nothing.
-
-    kopf deep-copies every event's body into an "essence" to diff it with the last handled one,
-    whether or not a handler reads the diff. Only on.create/update/field handlers (changing) and
-    daemons/timers (spawning) do, and mlvisor registers neither (handlers.py: on.event and
-    indexes only), so that copy was pure cost: 4% of the operator's samples creating 1,000
-    TrainingJobs (bench/README.md, the profile). Nothing is stored on objects either.
-    """
-
-    class NoDiffBase(kopf.DiffBaseStorage):
-        def build(self, *, body: Any, extra_fields: Any = None) -> Any:
-            return {}
-
-        def fetch(self, *, body: Any) -> Any:
-            return None
-
-        def store(self, *, body: Any, patch: Any, essence: Any) -> None:
-            return None
-
-    return NoDiffBase()
-
-
 def apply_settings(settings: Any, options: Options) -> None:
     """Configure a ``kopf.OperatorSettings`` for mlvisor."""
     import kopf
@@ -123,12 +98,6 @@ def apply_settings(settings: Any, options: Options) -> None:
     # finalizer; the name is set anyway so nothing kopf-branded ever lands on a resource.
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = _no_diffbase(kopf)
-    # kopf keeps one worker task per object, holding the last event's whole body, until no event
-    # came for idle_timeout (default 5 s). Creating 1,000 TrainingJobs touches 3,000 objects in
-    # about 20 s, so some thousand parsed bodies stayed alive at once: the peak Python's allocator
-    # never returns. 0.5 s: idle RSS 224 -> 183 MB at 1,000 jobs, pods/s unchanged (bench/README.md).
-    settings.queueing.idle_timeout = options.worker_idle_seconds
     # The controllers post their own Events for every decision; kopf adds only its warnings.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "mlvisor-operator"

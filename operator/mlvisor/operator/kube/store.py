@@ -4,9 +4,10 @@ controller-runtime's cached client in kopf's terms. What a reconcile reads (its 
 resource's pods, a server's Deployment and Service, a pipeline's children, the TrainingJob a
 server serves) comes from memory, never from a GET or a LIST:
 
-- **Fed by the watches kopf already runs**, through kopf indexes (``handlers.py``). kopf holds
-  every handler back until every indexed kind has been listed once, so no reconcile ever runs
-  on a half-filled store: after an operator restart a job is never planned without its pods.
+- **Fed by the operator's watches** (``informer.py``, routed by ``watches.py``) with
+  :meth:`Store.put` and :meth:`Store.drop`. Reconciles are held back until every kind has been
+  listed once, so no reconcile ever runs on a half-filled store: after an operator restart a
+  job is never planned without its pods.
 - **Slim**: each object is reduced to what a reconcile reads (:func:`slim_pod`,
   :func:`slim_object`): no managedFields, no last-applied annotation, a pod without its spec
   but its ports. The projections are plain dicts, shared by nobody.
@@ -18,15 +19,14 @@ server serves) comes from memory, never from a GET or a LIST:
   status it wrote with its new resourceVersion: no duplicate create, no restart counted
   twice, no status write refused for a stale resourceVersion.
 
-Pure (no kopf, no I/O): kopf's indexes are handed over with :meth:`Store.bind`, and any mapping
-of the same shape does in tests.
+Pure (no kopf, no I/O): the tests feed it whole objects with :meth:`Store.put` as the watches do.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,15 +34,8 @@ from mlvisor.api import GROUP
 from mlvisor.api.labels import LABEL_COMPONENT, LABEL_INSTANCE
 from mlvisor.operator.kube.observe import controller_ref
 
-#: The kopf index of each kind (handlers.py defines index handlers by these names).
-INDEXES = {
-    "TrainingJob": "trainingjobs_index",
-    "ModelServer": "modelservers_index",
-    "ModelPipeline": "modelpipelines_index",
-    "Deployment": "deployments_index",
-    "Service": "services_index",
-    "Pod": "pods_index",
-}
+#: The kinds the store keeps.
+KINDS = ("TrainingJob", "ModelServer", "ModelPipeline", "Deployment", "Service", "Pod")
 
 #: Seconds an own write is trusted over the watch at most (the watch normally catches up in ms).
 WRITE_TTL_SECONDS = 30.0
@@ -157,17 +150,57 @@ class Store:
     def __init__(self, ttl: float = WRITE_TTL_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self.clock = clock
-        self._indexes: Mapping[str, Mapping[Any, Iterable[dict[str, Any]]]] | None = None
+        self._indexes: dict[str, dict[Any, dict[str, dict[str, Any]]]] = {kind: {} for kind in KINDS}
+        """kind -> index key -> object name -> slim copy (an object is filed under every key it has)."""
+        self._filed: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        """(kind, namespace, name) -> the index keys the object is filed under now."""
         self._writes: dict[Key, _Write] = {}
         self._pod_writes: dict[Key, dict[str, _Write]] = {}
         """(owner kind, namespace, owner name) -> pod name -> the write."""
 
     # ------------------------------------------------------------------ feeding
 
-    def bind(self, indexes: Mapping[str, Any]) -> None:
-        """Hand over kopf's indexes (a live mapping of index name -> index)."""
-        if self._indexes is None:
-            self._indexes = {kind: indexes[name] for kind, name in INDEXES.items()}
+    def put(self, body: Mapping[str, Any]) -> None:
+        """A watched object as it is now (added or modified): its slim copy replaces the last one."""
+        kind = str(body.get("kind") or "")
+        if kind not in self._indexes:
+            return
+        self._unfile(body)
+        keys = index_keys(body)
+        if not keys:
+            return
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name"))
+        index = self._indexes[kind]
+        for key, slim in keys.items():
+            index.setdefault(key, {})[name] = slim
+        self._filed[(kind, str(meta.get("namespace")), name)] = tuple(keys)
+
+    def drop(self, body: Mapping[str, Any]) -> None:
+        """A watched object deleted: nothing of it is kept, its own writes included."""
+        self._unfile(body)
+        self.forget(body)
+
+    def _unfile(self, body: Mapping[str, Any]) -> None:
+        kind = str(body.get("kind") or "")
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name"))
+        keys = self._filed.pop((kind, str(meta.get("namespace")), name), ())
+        index = self._indexes.get(kind)
+        for key in keys:
+            entries = index.get(key) if index is not None else None
+            if entries is not None:
+                entries.pop(name, None)
+                if not entries:
+                    del index[key]  # type: ignore[union-attr]
+
+    def names(self, kind: str) -> list[tuple[str, str]]:
+        """(namespace, name) of every object of a kind the watches have shown (for the first reconciles)."""
+        return [(ns, name) for (k, ns, name) in self._filed if k == kind]
+
+    def servers_of_job(self, namespace: str, job: str) -> list[str]:
+        """The ModelServers that serve this TrainingJob's model (``spec.model.trainingJobRef``)."""
+        return sorted(self._indexes["ModelServer"].get(("job", namespace, job)) or ())
 
     def wrote(self, body: Mapping[str, Any]) -> None:
         """The API's answer to a create or a patch: newer than the watch's copy until it catches up."""
@@ -208,13 +241,11 @@ class Store:
 
     # ------------------------------------------------------------------ reading
 
-    def _index(self, kind: str) -> Mapping[Any, Iterable[dict[str, Any]]]:
-        if self._indexes is None:
-            raise RuntimeError("the store is read before kopf's indexes were bound")
+    def _index(self, kind: str) -> Mapping[Any, Mapping[str, dict[str, Any]]]:
         return self._indexes[kind]
 
     def _one(self, kind: str, key: Any) -> dict[str, Any] | None:
-        for value in self._index(kind).get(key) or ():
+        for value in (self._index(kind).get(key) or {}).values():
             return value
         return None
 
@@ -247,7 +278,7 @@ class Store:
         """The TrainingJobs or ModelServers a resource with this uid controls (a pipeline's children)."""
         found = {
             str(body["metadata"].get("name")): body
-            for body in self._index(kind).get(("owner", kind, namespace, owner_uid)) or ()
+            for body in (self._index(kind).get(("owner", kind, namespace, owner_uid)) or {}).values()
         }
         for (k, ns, name), write in list(self._writes.items()):
             if k == kind and ns == namespace and name not in found:
@@ -265,7 +296,7 @@ class Store:
         """The pods a TrainingJob's or ModelServer's reconcile reads, by name."""
         seen = {
             str(pod["metadata"].get("name")): pod
-            for pod in self._index("Pod").get((owner_kind, namespace, owner_name)) or ()
+            for pod in (self._index("Pod").get((owner_kind, namespace, owner_name)) or {}).values()
         }
         key = (owner_kind, namespace, owner_name)
         writes = self._pod_writes.get(key) or {}
@@ -285,7 +316,17 @@ class Store:
         return len(self._writes) + sum(len(w) for w in self._pod_writes.values())
 
 
-# ---------------------------------------------------------------------- index keys (handlers.py)
+# ---------------------------------------------------------------------- index keys
+
+
+def index_keys(body: Mapping[str, Any]) -> dict[Any, dict[str, Any]] | None:
+    """Where an object is filed in its kind's index, with its slim copy (None: not kept)."""
+    kind = str(body.get("kind") or "")
+    if kind == "Pod":
+        return pod_keys(body)
+    if kind in ("Deployment", "Service"):
+        return workload_keys(body)
+    return resource_keys(body)
 
 
 def resource_keys(body: Mapping[str, Any]) -> dict[Any, dict[str, Any]]:
@@ -297,6 +338,10 @@ def resource_keys(body: Mapping[str, Any]) -> dict[Any, dict[str, Any]]:
     ref = controller_ref(body)
     if ref is not None and ref.get("uid"):
         keys[("owner", kind, namespace, str(ref["uid"]))] = slim
+    if kind == "ModelServer":
+        job = (((body.get("spec") or {}).get("model") or {}).get("trainingJobRef") or {}).get("name")
+        if job:
+            keys[("job", namespace, str(job))] = slim
     return keys
 
 

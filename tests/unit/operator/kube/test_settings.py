@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-import kopf
-
 from mlvisor.operator.kube import handlers
-from mlvisor.operator.kube.settings import Options, apply_settings
+from mlvisor.operator.kube.settings import Options
 
 
-def test_no_diff_base_is_built_because_no_handler_reads_a_diff() -> None:
-    # kopf's diff base (a deep copy of every event's body) feeds only on.create/update/field
-    # handlers and daemons/timers; the registry must hold none for the no-op storage to be right.
+def test_kopf_runs_the_process_and_watches_nothing_itself() -> None:
+    # The watching is the operator's own (watches.py): a resource handler registered with kopf
+    # would start a second watch of that kind, and kopf would store its state on our objects.
     registry = handlers.registry
     assert not registry._changing.get_all_handlers() and not registry._spawning.get_all_handlers()
-    assert registry._watching.get_all_handlers() and registry._indexing.get_all_handlers()
-    settings = kopf.OperatorSettings()
-    apply_settings(settings, Options())
-    body = kopf.Body({"metadata": {"name": "x", "annotations": {"a": "b"}}, "spec": {"big": list(range(100))}})
-    assert settings.persistence.diffbase_storage.build(body=body) == {}
-    assert settings.persistence.diffbase_storage.fetch(body=body) is None
+    assert not registry._watching.get_all_handlers() and not registry._indexing.get_all_handlers()
+    assert registry._activities.get_all_handlers()  # login, start-up, clean-up, the probe
 
 
-def test_kopf_workers_let_go_of_their_last_body_soon_and_reconciles_are_bounded(monkeypatch) -> None:
+def test_reconciles_are_bounded_by_an_environment_variable(monkeypatch) -> None:
     import pytest
 
     from mlvisor.operator.kube.settings import reconcile_workers_from_env
 
-    settings = kopf.OperatorSettings()
-    apply_settings(settings, Options())
-    assert settings.queueing.idle_timeout == Options.worker_idle_seconds < 5.0  # kopf's default is 5 s
     monkeypatch.delenv("MLVISOR_RECONCILE_WORKERS", raising=False)
     assert reconcile_workers_from_env() == Options.reconcile_workers
     monkeypatch.setenv("MLVISOR_RECONCILE_WORKERS", "8")
