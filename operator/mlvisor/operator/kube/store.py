@@ -175,6 +175,22 @@ class Store:
         for key, slim in keys.items():
             index.setdefault(key, {})[name] = slim
         self._filed[(kind, str(meta.get("namespace")), name)] = tuple(keys)
+        self._caught_up(body)
+
+    def _caught_up(self, body: Mapping[str, Any]) -> None:
+        """Drop the own write of this object once the watch shows it (or newer), now rather than at
+        the next read: an idle resource would otherwise keep its last write's copy for ever."""
+        slot = self._slot(body)
+        if slot is None:
+            return
+        writes, key = slot
+        write = writes.get(key)
+        if write is not None and not write.deleted and caught_up(body, write.body):
+            del writes[key]
+            if not writes and writes is not self._writes:
+                owner = pod_owner(body)
+                if owner is not None:
+                    self._pod_writes.pop((owner[0], str((body.get("metadata") or {}).get("namespace")), owner[1]), None)
 
     def drop(self, body: Mapping[str, Any]) -> None:
         """A watched object deleted: nothing of it is kept, its own writes included."""

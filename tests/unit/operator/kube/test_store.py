@@ -158,3 +158,13 @@ def test_a_pod_belongs_to_its_training_job_or_to_the_server_its_label_names() ->
     foreign = copy.deepcopy(_pod())
     foreign["metadata"]["ownerReferences"][0]["apiVersion"] = "example.com/v1"  # someone else's TrainingJob kind
     assert pod_owner(foreign) is None
+
+
+def test_an_own_write_is_let_go_as_soon_as_the_watch_shows_it_not_at_the_next_read() -> None:
+    store, indexes = store_with(_job(rv=10))
+    store.wrote(_job(rv=11, phase="Running"))
+    store.wrote(_pod(rv=5))
+    assert store.pending_writes() == 2
+    indexes.put(_job(rv=11, phase="Running"))
+    indexes.put(_pod(rv=5))
+    assert store.pending_writes() == 0  # no read in between
