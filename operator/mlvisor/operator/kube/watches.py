@@ -15,8 +15,8 @@ resource is queued for a level-triggered reconcile (``controllers.py``):
 - a TrainingJob whose model version or phase changed -> reconcile the ModelServers that
   reference it (the store files ModelServers by the job they name).
 
-An event that changes nothing a reconcile reads (an annotation, the scheduler's Unschedulable
-condition on a pending pod) queues nothing: ``predicates.py`` keeps a hash of what the
+An event that changes nothing a reconcile reads (an annotation, the timestamps of the
+scheduler's repeated Unschedulable condition on a pending pod) queues nothing: ``predicates.py`` keeps a hash of what the
 reconcilers read of each object and drops events that leave it unchanged, so such a no-op
 change costs no API call (counted as ``mlvisor_watch_events_total{result="unchanged"}``).
 
