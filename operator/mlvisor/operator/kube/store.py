@@ -210,6 +210,12 @@ class Store:
                 if not entries:
                     del index[key]  # type: ignore[union-attr]
 
+    def pod_owner_of(self, namespace: str, name: str) -> tuple[str, str] | None:
+        """(kind, name) of the resource a kept pod is filed under (for a DELETED that carries only the name)."""
+        for key in self._filed.get(("Pod", namespace, name), ()):
+            return str(key[0]), str(key[2])
+        return None
+
     def names(self, kind: str) -> list[tuple[str, str]]:
         """(namespace, name) of every object of a kind the watches have shown (for the first reconciles)."""
         return [(ns, name) for (k, ns, name) in self._filed if k == kind]

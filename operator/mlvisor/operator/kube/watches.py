@@ -77,12 +77,17 @@ class Router:
     def __call__(self, type: str, body: dict[str, Any]) -> None:
         kind = str(body.get("kind") or "")
         deleted = type == "DELETED"
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        # A relist's DELETED of an object that vanished unseen carries only its name: its owner
+        # comes from the copy the store kept, read before that copy goes.
+        owner = pod_owner(body) if kind == "Pod" else None
+        if kind == "Pod" and owner is None:
+            owner = self.store.pod_owner_of(namespace, name)
         if deleted:
             self.store.drop(body)
         else:
             self.store.put(body)
-        meta = body.get("metadata") or {}
-        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
         if kind == "Service":
             return  # read by the server reconcile, never a reason for one
         if kind == "Deployment":
@@ -98,7 +103,6 @@ class Router:
         if not changed or not self.live:
             return
         if kind == "Pod":
-            owner = pod_owner(body)
             if owner is not None:
                 self.queue.trigger((owner[0], namespace, owner[1]))
             return

@@ -108,3 +108,14 @@ def test_a_deployment_event_queues_its_server_and_a_service_event_nothing() -> N
 def test_every_kind_the_store_keeps_is_watched() -> None:
     assert {k.kind for k in KINDS} == {"TrainingJob", "ModelServer", "ModelPipeline", "Pod", "Deployment", "Service"}
     assert all(k.labels for k in KINDS if k.kind in ("Pod", "Deployment", "Service"))
+
+
+def test_a_pod_that_vanished_during_a_watch_gap_still_queues_its_job() -> None:
+    # After a 410 the informer lists again and hands over what vanished as DELETED with only a name.
+    r, queue, store = router()
+    r.go_live()
+    r("ADDED", worker("a-worker-0", "a"))
+    queue.triggered.clear()
+    r("DELETED", {"kind": "Pod", "metadata": {"namespace": "ml", "name": "a-worker-0", "uid": "uid-a-worker-0"}})
+    assert queue.triggered == [("TrainingJob", "ml", "a")]
+    assert store.pods("TrainingJob", "ml", "a") == []
