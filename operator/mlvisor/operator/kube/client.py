@@ -137,20 +137,15 @@ class Kube:
             try:
                 async with self._client().request(
                     method, self._host + path, params=dict(query) if query else None, data=data, headers=headers,
-                    ssl=self._ssl if self._ssl is not None else True, proxy=self._proxy,
-                    server_hostname=self._configuration.tls_server_name or None,
+                    **self._transport(),
                 ) as response:
                     payload = await response.read()
                     status, reason, answer_headers = response.status, response.reason, response.headers
             except (TimeoutError, aiohttp.ClientError, OSError) as e:  # refused, reset, timeouts: retried later
                 raise ApiError(0, type(e).__name__, str(e)) from None
-        try:
-            decoded = orjson.loads(payload or b"{}")
-        except ValueError:
-            decoded = {"message": payload.decode(errors="replace")}
+        decoded = _decode(payload)
         if not 200 <= status <= 299:
-            message = decoded.get("message", "") if isinstance(decoded, dict) else ""
-            raise ApiError(status, str(reason or ""), str(message), retry_after(answer_headers))
+            raise _refused(status, reason, decoded, answer_headers)
         return decoded if isinstance(decoded, dict) else {"items": decoded}
 
     async def watch(
@@ -174,17 +169,11 @@ class Kube:
             )
         try:
             async with self._watch_session.get(
-                self._host + path, params={**query, "watch": "true"}, headers=headers,
-                ssl=self._ssl if self._ssl is not None else True, proxy=self._proxy,
-                server_hostname=self._configuration.tls_server_name or None,
+                self._host + path, params={**query, "watch": "true"}, headers=headers, **self._transport(),
             ) as response:
                 if not 200 <= response.status <= 299:
-                    payload = await response.read()
-                    try:
-                        message = str(orjson.loads(payload).get("message", ""))
-                    except (ValueError, AttributeError):
-                        message = payload.decode(errors="replace")
-                    raise ApiError(response.status, str(response.reason or ""), message, retry_after(response.headers))
+                    decoded = _decode(await response.read())
+                    raise _refused(response.status, response.reason, decoded, response.headers)
                 pending = b""
                 async for chunk in response.content.iter_any():
                     pending += chunk
@@ -198,6 +187,14 @@ class Kube:
                     yield orjson.loads(pending)
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise ApiError(0, type(e).__name__, str(e)) from None
+
+    def _transport(self) -> dict[str, Any]:
+        """TLS, proxy and server name of every request and watch."""
+        return {
+            "ssl": self._ssl if self._ssl is not None else True,
+            "proxy": self._proxy,
+            "server_hostname": self._configuration.tls_server_name or None,
+        }
 
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json"}
@@ -215,6 +212,20 @@ class Kube:
                 timeout=self._timeout,
             )
         return self._session
+
+
+def _decode(payload: bytes) -> Any:
+    """An answer's JSON; a body that is not JSON becomes ``{"message": its text}``."""
+    try:
+        return orjson.loads(payload or b"{}")
+    except ValueError:
+        return {"message": payload.decode(errors="replace")}
+
+
+def _refused(status: int, reason: str | None, decoded: Any, headers: Any) -> ApiError:
+    """The error of a non-2xx answer: its status, the Status object's message, its Retry-After."""
+    message = decoded.get("message", "") if isinstance(decoded, dict) else ""
+    return ApiError(status, str(reason or ""), str(message), retry_after(headers))
 
 
 def _ssl_context(configuration: Any) -> ssl.SSLContext:
