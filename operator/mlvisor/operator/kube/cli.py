@@ -63,11 +63,24 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logs.configure_logging(options.log_format, options.verbose)
 
+    from mlvisor.operator.kube.connection import LoginError, connect
+
+    try:
+        conn = connect()
+    except (LoginError, OSError) as e:
+        print(f"mlvisor operator: cannot log in: {e}", file=sys.stderr)
+        return 2
+    if not conn.via_kubernetes:
+        # kopf imports the whole ``kubernetes`` package whenever it is importable (only to recognise
+        # its model objects, which the operator never hands it): 12 MB of resident memory. None in
+        # sys.modules makes that import fail as if the package were absent (docs/operator.md, "Memory").
+        sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+
     import kopf
 
     from mlvisor.operator.kube import handlers
 
-    memo = kopf.Memo(options=options)
+    memo = kopf.Memo(options=options, connection=conn)
     # kopf would name itself "<user>@<host>" through getpass.getuser(), which raises for a uid
     # without a passwd entry (an arbitrary runAsUser, OpenShift's random uids): the operator
     # crash-looped at start on a node whose /etc/passwd has no 10001. The identity is only a

@@ -1,12 +1,12 @@
-"""A small async door to the Kubernetes API: aiohttp on the event loop, configured by ``kubernetes``.
+"""A small async door to the Kubernetes API: aiohttp on the event loop, plain JSON dicts.
 
 The operator works with plain JSON dicts end to end: the builders produce manifest dicts, the
 observers read pod and Deployment dicts, status is the api models' ``to_wire()``. The typed
-``kubernetes`` 37 API classes would convert every object to and from pydantic models (slow to
-build, strict on client side, lossy for fields the model does not know), so this module keeps
-only the client's *configuration*: where the server is, the kubeconfig or in-cluster login
-(bearer token, refreshed through the configuration's hook before each request; client
-certificates) and TLS (CA, hostname, ``tls-server-name``).
+``kubernetes`` API classes would convert every object to and from models (slow to build, strict
+on the client side, lossy for fields the model does not know), and since the operator logs in
+with ``connection.py`` it does not load that package at all: where the server is, the login
+(a bearer token asked for before each request, or a client certificate) and TLS (CA, hostname,
+``tls-server-name``) come from a :class:`~mlvisor.operator.kube.connection.Connection`.
 
 Requests go out through one aiohttp session on the operator's own event loop (aiohttp is kopf's
 transport too), at most ``max_in_flight`` at once: no thread per request. Until this change
@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import orjson
+
+from mlvisor.operator.kube.connection import Connection
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -54,7 +55,10 @@ def retry_after(headers: Any) -> float | None:
 
 
 def load_configuration(kubeconfig: str | None = None) -> Any:
-    """The in-cluster service account if running in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config).
+    """The ``kubernetes`` package's configuration (``mlvisor upload`` uses its typed client and exec streams).
+
+    The in-cluster service account if running in a pod, else the kubeconfig ($KUBECONFIG or
+    ~/.kube/config). The operator does not use it: ``connection.connect`` logs in without that package.
 
     The kubeconfig path is read from the environment at call time, not at import time (the
     ``kubernetes`` library freezes ``$KUBECONFIG`` when it is imported).
@@ -75,13 +79,13 @@ class Kube:
 
     def __init__(
         self,
-        configuration: Any,
+        connection: Connection,
         timeout: tuple[float, float] = (10.0, 30.0),
         on_request: Callable[[str], None] | None = None,
         max_in_flight: int = 32,
     ) -> None:
-        self._configuration = configuration
-        self._host = str(configuration.host).rstrip("/")
+        self._connection = connection
+        self._host = connection.host.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(sock_connect=timeout[0], sock_read=timeout[1])
         self._on_request = on_request
         """Told the verb of every request before it is sent (the operator's request counter)."""
@@ -90,8 +94,7 @@ class Kube:
         self._session: aiohttp.ClientSession | None = None
         self._watch_session: aiohttp.ClientSession | None = None
         """Watches hold their connection for minutes: a pool of their own, outside ``max_in_flight``."""
-        self._ssl = _ssl_context(configuration) if self._host.startswith("https:") else None
-        self._proxy = _proxy(configuration)
+        self._ssl = connection.ssl_context() if self._host.startswith("https:") else None
 
     async def close(self) -> None:
         for session in (self._session, self._watch_session):
@@ -192,16 +195,16 @@ class Kube:
         """TLS, proxy and server name of every request and watch."""
         return {
             "ssl": self._ssl if self._ssl is not None else True,
-            "proxy": self._proxy,
-            "server_hostname": self._configuration.tls_server_name or None,
+            "proxy": self._connection.proxy,
+            "server_hostname": self._connection.tls_server_name,
         }
 
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json"}
-        # The configuration's hook refreshes an expiring token (the in-cluster projected token, exec plugins).
-        bearer = self._configuration.auth_settings().get("BearerToken")
-        if bearer and bearer.get("value"):
-            headers["Authorization"] = bearer["value"]
+        # Asked before each request: a rotated service-account token or an exec plugin's refresh is picked up.
+        authorization = self._connection.authorization()
+        if authorization:
+            headers["Authorization"] = authorization
         return headers
 
     def _client(self) -> aiohttp.ClientSession:
@@ -226,34 +229,6 @@ def _refused(status: int, reason: str | None, decoded: Any, headers: Any) -> Api
     """The error of a non-2xx answer: its status, the Status object's message, its Retry-After."""
     message = decoded.get("message", "") if isinstance(decoded, dict) else ""
     return ApiError(status, str(reason or ""), str(message), retry_after(headers))
-
-
-def _ssl_context(configuration: Any) -> ssl.SSLContext:
-    """TLS as the ``kubernetes`` client sets it up: the kubeconfig's or the service account's CA,
-    client certificates, ``insecure-skip-tls-verify`` (verify_ssl False)."""
-    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None,
-                                         cadata=configuration.ca_cert_data or None)
-    if configuration.cert_file:
-        context.load_cert_chain(configuration.cert_file, configuration.key_file or None)
-    if not configuration.verify_ssl:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif configuration.assert_hostname is False:
-        context.check_hostname = False
-    return context
-
-
-def _proxy(configuration: Any) -> str | None:
-    """The kubeconfig's proxy-url, unless the host is in no_proxy (HTTP proxies; aiohttp speaks no SOCKS)."""
-    if not configuration.proxy:
-        return None
-    from kubernetes.client.rest import should_bypass_proxies
-
-    if should_bypass_proxies(configuration.host, configuration.no_proxy or ""):
-        return None
-    if not str(configuration.proxy).startswith(("http://", "https://")):
-        raise ValueError(f"proxy-url {configuration.proxy}: the operator speaks to HTTP(S) proxies only")
-    return str(configuration.proxy)
 
 
 # --------------------------------------------------------------------------- paths

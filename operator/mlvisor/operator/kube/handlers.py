@@ -22,7 +22,7 @@ from typing import Any
 
 import kopf
 
-from mlvisor.operator.kube import client
+from mlvisor.operator.kube import client, connection
 from mlvisor.operator.kube import settings as operator_settings
 from mlvisor.operator.kube.controllers import Controllers, retry_delay, warm_up_preflight
 from mlvisor.operator.kube.metrics import Metrics
@@ -40,26 +40,28 @@ def _options(memo: Any) -> operator_settings.Options:
     return memo.get("options") or operator_settings.Options()
 
 
+def _connection(memo: Any) -> connection.Connection:
+    """The login ``mlvisor operator`` made before kopf started (it decides whether ``kubernetes`` loads)."""
+    found: connection.Connection | None = memo.get("connection")
+    if found is None:
+        found = memo.connection = connection.connect()
+    return found
+
+
 @kopf.on.login(registry=registry)
-def login(**_: Any) -> kopf.ConnectionInfo:
-    """Log kopf in with the same configuration the controllers use (in-cluster or kubeconfig)."""
-    configuration = client.load_configuration()
-    header = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
-        "authorization"
-    )
-    scheme, token = ([*header.split(" ", 1), None])[:2] if header else (None, None)
-    if token is None:
-        scheme, token = None, scheme
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """Log kopf in with the same connection the controllers use (in-cluster or kubeconfig)."""
+    conn = _connection(memo)
+    scheme, _space, token = (conn.authorization() or "").partition(" ")
     return kopf.ConnectionInfo(
-        server=configuration.host,
-        ca_path=configuration.ssl_ca_cert,
-        insecure=not configuration.verify_ssl,
-        username=configuration.username or None,
-        password=configuration.password or None,
-        scheme=scheme,
-        token=token,
-        certificate_path=configuration.cert_file,
-        private_key_path=configuration.key_file,
+        server=conn.host,
+        ca_path=conn.ca_file,
+        ca_data=conn.ca_data,
+        insecure=conn.insecure,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=conn.cert_file,
+        private_key_path=conn.key_file,
     )
 
 
@@ -70,7 +72,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     metrics = Metrics()
     if options.metrics_port:
         metrics.serve(options.metrics_port)
-    kube = client.Kube(client.load_configuration(), timeout=(options.watch_connect_timeout, options.request_timeout),
+    kube = client.Kube(_connection(memo), timeout=(options.watch_connect_timeout, options.request_timeout),
                        on_request=lambda verb: metrics.api_requests.labels(verb).inc())
     store = Store()
     controllers = Controllers(kube, options.config, metrics, store=store)

@@ -16,20 +16,16 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from kubernetes.client import Configuration
 
 from mlvisor.operator.kube.client import ApiError, Kube
+from mlvisor.operator.kube.connection import Connection
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def configuration(port: int, token: str | None = "s3cret") -> Any:
-    c = Configuration()
-    c.host = f"http://127.0.0.1:{port}"
-    if token is not None:
-        c.api_key = {"authorization": token}
-        c.api_key_prefix = {"authorization": "Bearer"}
-    return c
+def configuration(port: int, token: str | None = "s3cret") -> Connection:
+    header = f"Bearer {token}" if token is not None else None
+    return Connection(host=f"http://127.0.0.1:{port}", authorization=lambda: header)
 
 
 async def serve(handler: Handler) -> tuple[web.AppRunner, int]:
@@ -90,9 +86,8 @@ def test_the_token_is_asked_for_on_every_request_so_a_refreshed_one_is_used() ->
 
     async def main() -> None:
         runner, port = await serve(handler)
-        c = configuration(port)
-        c.refresh_api_key_hook = lambda conf: conf.api_key.update(authorization=next(tokens))  # as in-cluster login does
-        kube = Kube(c)
+        # asked before every request, as the service account's TokenFile and exec plugins are
+        kube = Kube(Connection(host=f"http://127.0.0.1:{port}", authorization=lambda: f"Bearer {next(tokens)}"))
         try:
             await kube.get("/api/v1/namespaces/ml/pods/a")
             await kube.get("/api/v1/namespaces/ml/pods/b")
