@@ -10,7 +10,11 @@ server serves) comes from memory, never from a GET or a LIST:
   job is never planned without its pods.
 - **Slim**: each object is reduced to what a reconcile reads (:func:`slim_pod`,
   :func:`slim_object`): no managedFields, no last-applied annotation, a pod without its spec
-  but its ports. The projections are plain dicts, shared by nobody.
+  but its ports.
+- **Packed**: each slim copy is kept as its compact JSON (:func:`pack`), about a quarter of the
+  same copy as dicts and strings (900 bytes against 3,300 for a pending worker pod), and decoded
+  on each read (microseconds: a reconcile reads its resource and a few pods). A reader gets
+  fresh dicts every time, so nothing it does can change the store.
 - **Aware of the operator's own writes** (client-go's MutationCache; the Job controller's
   "expectations" serve the same end): the answer of every create, delete and status patch is
   kept here until the watch has caught up with it (its resourceVersion) or for ``ttl``
@@ -29,6 +33,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from mlvisor.api import GROUP
 from mlvisor.api.labels import LABEL_COMPONENT, LABEL_INSTANCE
@@ -116,6 +122,22 @@ def pod_owner(body: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def pack(slim: Mapping[str, Any]) -> bytes:
+    """A slim copy as it is kept: compact JSON, in a bytes object of its own size.
+
+    orjson writes into a buffer of several KiB and hands that buffer out, so a kept
+    ``orjson.dumps`` result of 900 bytes holds 8 KB of memory (measured with the resident set):
+    the copy gives the unused part back.
+    """
+    return bytes(memoryview(orjson.dumps(slim)))
+
+
+def unpack(packed: bytes) -> dict[str, Any]:
+    """A kept copy as fresh dicts (the reader's own)."""
+    body: dict[str, Any] = orjson.loads(packed)
+    return body
+
+
 def _rv(body: Mapping[str, Any]) -> str:
     return str((body.get("metadata") or {}).get("resourceVersion") or "")
 
@@ -150,8 +172,8 @@ class Store:
     def __init__(self, ttl: float = WRITE_TTL_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self.clock = clock
-        self._indexes: dict[str, dict[Any, dict[str, dict[str, Any]]]] = {kind: {} for kind in KINDS}
-        """kind -> index key -> object name -> slim copy (an object is filed under every key it has)."""
+        self._indexes: dict[str, dict[Any, dict[str, bytes]]] = {kind: {} for kind in KINDS}
+        """kind -> index key -> object name -> packed slim copy (an object is filed under every key it has)."""
         self._filed: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         """(kind, namespace, name) -> the index keys the object is filed under now."""
         self._writes: dict[Key, _Write] = {}
@@ -172,8 +194,11 @@ class Store:
         meta = body.get("metadata") or {}
         name = str(meta.get("name"))
         index = self._indexes[kind]
+        packed: dict[int, bytes] = {}  # the keys of one object share one slim copy: packed once
         for key, slim in keys.items():
-            index.setdefault(key, {})[name] = slim
+            if id(slim) not in packed:
+                packed[id(slim)] = pack(slim)
+            index.setdefault(key, {})[name] = packed[id(slim)]
         self._filed[(kind, str(meta.get("namespace")), name)] = tuple(keys)
         self._caught_up(body)
 
@@ -263,12 +288,12 @@ class Store:
 
     # ------------------------------------------------------------------ reading
 
-    def _index(self, kind: str) -> Mapping[Any, Mapping[str, dict[str, Any]]]:
+    def _index(self, kind: str) -> Mapping[Any, Mapping[str, bytes]]:
         return self._indexes[kind]
 
     def _one(self, kind: str, key: Any) -> dict[str, Any] | None:
         for value in (self._index(kind).get(key) or {}).values():
-            return value
+            return unpack(value)
         return None
 
     def _merge(self, seen: dict[str, Any] | None, write: _Write | None, drop: Callable[[], object]) -> dict[str, Any] | None:
@@ -299,8 +324,8 @@ class Store:
     def owned(self, kind: str, namespace: str, owner_uid: str) -> list[dict[str, Any]]:
         """The TrainingJobs or ModelServers a resource with this uid controls (a pipeline's children)."""
         found = {
-            str(body["metadata"].get("name")): body
-            for body in (self._index(kind).get(("owner", kind, namespace, owner_uid)) or {}).values()
+            name: unpack(packed)
+            for name, packed in (self._index(kind).get(("owner", kind, namespace, owner_uid)) or {}).items()
         }
         for (k, ns, name), write in list(self._writes.items()):
             if k == kind and ns == namespace and name not in found:
@@ -317,8 +342,8 @@ class Store:
     def pods(self, owner_kind: str, namespace: str, owner_name: str) -> list[dict[str, Any]]:
         """The pods a TrainingJob's or ModelServer's reconcile reads, by name."""
         seen = {
-            str(pod["metadata"].get("name")): pod
-            for pod in (self._index("Pod").get((owner_kind, namespace, owner_name)) or {}).values()
+            name: unpack(packed)
+            for name, packed in (self._index("Pod").get((owner_kind, namespace, owner_name)) or {}).items()
         }
         key = (owner_kind, namespace, owner_name)
         writes = self._pod_writes.get(key) or {}

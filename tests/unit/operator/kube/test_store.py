@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 
+import orjson
+
 from helpers.store import store_with
 from mlvisor.operator.kube.observe import observe_deployment, observe_pod
 from mlvisor.operator.kube.progress import _progress_url
@@ -168,3 +170,15 @@ def test_an_own_write_is_let_go_as_soon_as_the_watch_shows_it_not_at_the_next_re
     indexes.put(_job(rv=11, phase="Running"))
     indexes.put(_pod(rv=5))
     assert store.pending_writes() == 0  # no read in between
+
+
+def test_what_a_reader_gets_is_its_own_and_the_kept_copy_is_compact() -> None:
+    store, _feed = store_with(_job(rv=3, phase="Running"), _pod(rv=4))
+    job = store.get("TrainingJob", "ns", "iris")
+    assert job is not None
+    job["status"]["phase"] = "Failed"  # a planner's scratch work must not reach the store
+    store.pods("TrainingJob", "ns", "iris")[0]["status"]["phase"] = "Failed"
+    assert store.get("TrainingJob", "ns", "iris")["status"]["phase"] == "Running"  # type: ignore[index]
+    assert store.pods("TrainingJob", "ns", "iris")[0]["status"]["phase"] == "Pending"
+    kept = next(iter(store._indexes["Pod"][("TrainingJob", "ns", "iris")].values()))
+    assert isinstance(kept, bytes) and len(kept) == len(orjson.dumps(slim_pod(_pod(rv=4))))
