@@ -15,12 +15,12 @@ becomes an exception that kopf would retry forever.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
 import pydantic
 
 from mlvisor import api
@@ -247,7 +247,7 @@ class Controllers:
         copies of one job, a pipeline's runs) share one judgement: creating 1,000 identical
         TrainingJobs made 1,000 round trips to the helper (3% of the operator's samples).
         """
-        key = (json.dumps(spec, sort_keys=True, default=str), salvage)
+        key = (orjson.dumps(spec, option=orjson.OPT_SORT_KEYS, default=str).decode(), salvage)
         if key not in self._preflight:
             problems = await asyncio.to_thread(self.judge.judge, spec, salvage)
             if len(self._preflight) >= PREFLIGHT_CACHE_SIZE:

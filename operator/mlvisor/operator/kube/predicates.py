@@ -23,9 +23,10 @@ kept, one per object (a few dozen bytes each).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from mlvisor.api import GROUP
 from mlvisor.operator.kube.observe import observe_pod
@@ -34,15 +35,8 @@ from mlvisor.operator.kube.observe import observe_pod
 OWN_ANNOTATIONS = f"{GROUP}/"
 
 
-def _plain(value: Any) -> Any:
-    """JSON for kopf's mapping views (json.dumps only knows dicts)."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    return str(value)
-
-
 def _digest(value: Any) -> int:
-    return hash(json.dumps(value, sort_keys=True, default=_plain))
+    return hash(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
 
 
 def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -72,7 +66,7 @@ def pod_projection(body: Mapping[str, Any]) -> int:
         observe_pod(body),
         status.get("podIP"),
         meta.get("deletionTimestamp"),
-        json.dumps([meta.get("labels"), meta.get("ownerReferences")], sort_keys=True, default=_plain),
+        _digest([meta.get("labels"), meta.get("ownerReferences")]),
     ))
 
 

@@ -73,8 +73,9 @@ def test_a_slim_object_drops_managed_fields_and_last_applied_but_nothing_a_plann
                   "spec": {"template": {"metadata": {"annotations": {"mlvisor.dev/model-uri": "u"}}}},
                   "status": {"replicas": 2, "readyReplicas": 1, "updatedReplicas": 2}}
     assert observe_deployment(slim_object(deployment)) == observe_deployment(deployment)
-    slim["spec"]["workers"] = 9
-    assert body["spec"]["workers"] == 1  # a copy: the store never shares kopf's dicts
+    store, _feed = store_with(body)
+    body["spec"]["workers"] = 9  # the store keeps its own packed copy, not the body it was fed
+    assert store.get("TrainingJob", "ns", "iris")["spec"]["workers"] == 1  # type: ignore[index]
 
 
 def test_a_created_pod_is_seen_before_its_watch_event_and_the_watch_takes_over() -> None:
