@@ -20,6 +20,8 @@ means it is gone"; a 429's Retry-After is kept for the work queue.
 from __future__ import annotations
 
 import asyncio
+import codecs
+import json
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -151,6 +153,37 @@ class Kube:
             raise _refused(status, reason, decoded, answer_headers)
         return decoded if isinstance(decoded, dict) else {"items": decoded}
 
+    async def list_items(
+        self, path: str, query: Mapping[str, str], metadata: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The items of a LIST one at a time, decoded as the answer arrives; ``metadata`` gets the list's.
+
+        A list served whole (``resourceVersion=0`` from the API server's watch cache, which
+        ignores ``limit``) is tens of MB of JSON at 10,000 objects: decoded at once it would be
+        several times that in dicts. Here at most one item is decoded beyond what the caller
+        has taken (:class:`ListDecoder`).
+        """
+        if self._on_request is not None:
+            self._on_request("LIST")
+        headers = self._headers()
+        async with self._in_flight:
+            try:
+                async with self._client().get(
+                    self._host + path, params=dict(query), headers=headers, **self._transport()
+                ) as response:
+                    if not 200 <= response.status <= 299:
+                        decoded = _decode(await response.read())
+                        raise _refused(response.status, response.reason, decoded, response.headers)
+                    decoder = ListDecoder()
+                    async for chunk in response.content.iter_any():
+                        for item in decoder.feed(chunk):
+                            yield item
+                    for item in decoder.feed(b"", final=True):
+                        yield item
+                    metadata.update(decoder.metadata)
+            except (TimeoutError, aiohttp.ClientError, OSError) as e:
+                raise ApiError(0, type(e).__name__, str(e)) from None
+
     async def watch(
         self, path: str, query: Mapping[str, str], client_timeout: float
     ) -> AsyncIterator[dict[str, Any]]:
@@ -215,6 +248,95 @@ class Kube:
                 timeout=self._timeout,
             )
         return self._session
+
+
+class ListDecoder:
+    """The items of a Kubernetes list (``{..., "metadata": {...}, "items": [...]}``) from its JSON in pieces.
+
+    Only the list's own object is walked here; each top-level value (the metadata, each item)
+    is decoded whole by the standard library's C scanner (``raw_decode``) once its text is
+    complete. A value cut by the end of a piece fails to decode and is tried again with the
+    next piece; after the last piece that is an error.
+    """
+
+    def __init__(self) -> None:
+        self.metadata: dict[str, Any] = {}
+        self._text = ""
+        self._pos = 0
+        self._state = "start"
+        self._key = ""
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._json = json.JSONDecoder()
+
+    def feed(self, data: bytes, final: bool = False) -> list[dict[str, Any]]:
+        self._text = self._text[self._pos:] + self._utf8.decode(data, final)
+        self._pos = 0
+        items: list[dict[str, Any]] = []
+        while self._step(items):
+            pass
+        if final and self._state != "done":
+            raise ApiError(0, "IncompleteList", f"the list's JSON ended early ({self._text[self._pos:][:80]!r})")
+        return items
+
+    def _step(self, items: list[dict[str, Any]]) -> bool:
+        """Take one token or value; False when the text so far has nothing complete left."""
+        text, pos = self._text, self._skip()
+        if pos >= len(text) or self._state == "done":
+            return False
+        char = text[pos]
+        if self._state == "start":
+            if char != "{":
+                raise ApiError(0, "NotAList", f"expected a JSON object, found {text[pos:pos + 80]!r}")
+            self._pos, self._state = pos + 1, "key"
+            return True
+        if self._state in ("key", "items") and char == ",":
+            self._pos = pos + 1
+            return True
+        if self._state == "key" and char == "}":
+            self._pos, self._state = pos + 1, "done"
+            return True
+        if self._state == "items" and char == "]":
+            self._pos, self._state = pos + 1, "key"
+            return True
+        if self._state == "value" and self._key == "items" and char == "[":
+            self._pos, self._state = pos + 1, "items"
+            return True
+        try:
+            value, end = self._json.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return False  # cut by the end of this piece
+        if end >= len(text) and not isinstance(value, (dict, list, str)):
+            return False  # a number or literal may go on in the next piece
+        if self._state == "key":
+            colon = self._after_colon(end)
+            if colon is None:
+                return False
+            end, self._key, self._state = colon, str(value), "value"
+        elif self._state == "value":
+            if self._key == "metadata" and isinstance(value, dict):
+                self.metadata = value
+            self._state = "key"  # any other value of the list's own ("kind", "items": null) is not kept
+        elif isinstance(value, dict):  # an item
+            items.append(value)
+        self._pos = end
+        return True
+
+    def _skip(self) -> int:
+        text, pos = self._text, self._pos
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        self._pos = pos
+        return pos
+
+    def _after_colon(self, end: int) -> int | None:
+        text = self._text
+        while end < len(text) and text[end] in " \t\r\n":
+            end += 1
+        if end >= len(text):
+            return None
+        if text[end] != ":":
+            raise ApiError(0, "NotAList", f"expected ':' after a key, found {text[end:end + 80]!r}")
+        return end + 1
 
 
 def _decode(payload: bytes) -> Any:

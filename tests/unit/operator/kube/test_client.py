@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from mlvisor.operator.kube.client import ApiError, Kube
+from mlvisor.operator.kube.client import ApiError, Kube, ListDecoder
 from mlvisor.operator.kube.connection import Connection
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -165,3 +165,60 @@ def test_at_most_max_in_flight_requests_are_sent_at_once() -> None:
 
     asyncio.run(main())
     assert most == 3
+
+
+LISTS = [
+    # a built-in kind's list: metadata first; strings holding the structure's own characters; UTF-8
+    b'{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"5","continue":"x"},'
+    b'"items":[{"a":1,"s":"}],\\"{:"},{"b":[1,2.5,{"c":"\xc3\xa9"}],"n":null}]}',
+    # a custom resource's list: keys sorted, so metadata after the items
+    b'{"apiVersion":"mlvisor.dev/v1alpha1","items":[{"x":true}],"kind":"TrainingJobList","metadata":{"resourceVersion":"7"}}',
+    # empty and null items, with whitespace anywhere
+    b'{"apiVersion":"v1","items":[],"kind":"L","metadata":{"resourceVersion":"8"}}',
+    b' { "items" : null ,\n "metadata" : { "resourceVersion" : "9" } } ',
+]
+
+
+@pytest.mark.parametrize("text", LISTS)
+def test_a_list_is_decoded_an_item_at_a_time_whatever_pieces_it_comes_in(text: bytes) -> None:
+    whole = orjson.loads(text)
+    for size in (1, 2, 3, 5, 16, len(text)):
+        decoder = ListDecoder()
+        items = []
+        for i in range(0, len(text), size):
+            items += decoder.feed(text[i:i + size])
+        items += decoder.feed(b"", final=True)
+        assert items == (whole["items"] or []), size
+        assert decoder.metadata == whole["metadata"]
+
+
+def test_a_list_cut_short_or_not_a_list_is_an_error() -> None:
+    decoder = ListDecoder()
+    assert decoder.feed(LISTS[0][:140]) == [{"a": 1, "s": "}],\"{:"}]  # the second item is not complete yet
+    with pytest.raises(ApiError, match="ended early"):
+        decoder.feed(b"", final=True)
+    with pytest.raises(ApiError, match="expected a JSON object"):
+        ListDecoder().feed(b'[{"a": 1}]')
+
+
+def test_list_items_streams_a_whole_answer_and_its_metadata() -> None:
+    items = [{"metadata": {"name": f"p{i}"}, "pad": "x" * 5000} for i in range(50)]
+
+    async def handler(request: web.Request) -> web.Response:
+        body = {"apiVersion": "v1", "items": items, "kind": "PodList", "metadata": {"resourceVersion": "42"}}
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    async def main() -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+        runner, port = await serve(handler)
+        counted: list[str] = []
+        kube = Kube(configuration(port), on_request=counted.append)
+        metadata: dict[str, Any] = {}
+        try:
+            got = [item async for item in kube.list_items("/api/v1/pods", {"resourceVersion": "0"}, metadata)]
+        finally:
+            await kube.close()
+            await runner.cleanup()
+        return got, metadata, counted
+
+    got, metadata, counted = asyncio.run(main())
+    assert got == items and metadata == {"resourceVersion": "42"} and counted == ["LIST"]
