@@ -54,7 +54,7 @@ def _tune_garbage_collector() -> None:
     The operator decodes lists and watch events into many short-lived dicts, none of them in a
     cycle; at CPython's default threshold each 500-pod page of a list (3 MB of JSON) set off
     hundreds of collections, which scanned the imported modules and the parsed page again and
-    again: decoding took 2.5 times as long (bench/README.md, "CPU"). ``gc.freeze`` moves what
+    again: decoding took 2.5 times as long (bench/README.md, "Memory and restart"). ``gc.freeze`` moves what
     is alive now (the imported modules, pydantic's schemas) out of every future collection.
     """
     import gc
@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if not conn.via_kubernetes:
         # kopf imports the whole ``kubernetes`` package whenever it is importable (only to recognise
         # its model objects, which the operator never hands it): 12 MB of resident memory. None in
-        # sys.modules makes that import fail as if the package were absent (docs/operator.md, "Memory").
+        # sys.modules makes that import fail as if the package were absent (docs/operator.md,
+        # "Memory and restart at 10,000").
         sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
     import kopf

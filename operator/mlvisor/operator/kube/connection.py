@@ -17,11 +17,11 @@ A kubeconfig user that needs a plugin to log in (``exec``, as EKS and GKE write 
 old ``auth-provider``) or basic auth is handed to the ``kubernetes`` package's loader, which
 runs those plugins and refreshes their tokens; only then is that package imported.
 
-Why not always the ``kubernetes`` package: importing it (``kubernetes.client``'s 700 model
+Why not always the ``kubernetes`` package: importing it (``kubernetes.client``'s 800-odd model
 classes, ``kubernetes.dynamic`` and the JSON-schema validator it pulls in) costs the operator
 12 MB of its resident set, and kopf imports the whole package too whenever it is importable.
 The operator's process marks it unimportable when this module did not need it
-(``kube/cli.py``); the memory figures are in bench/README.md ("Memory").
+(``kube/cli.py``); the memory figures are in bench/README.md ("Memory and restart").
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ class Informer:
             # The first list comes from the API server's watch cache (resourceVersion 0, as
             # client-go's reflectors ask): whole, in one answer, from objects the server has
             # decoded already. A paged list reads its later pages from etcd; for 10,000
-            # TrainingJobs that took 12 s against 2 s from the cache (bench/README.md, "Restart").
+            # TrainingJobs that took 12 s against 2 s from the cache (bench/README.md, "Memory and restart").
             # The answer is decoded one item at a time (``Kube.list_items``), so its size does
             # not become the operator's memory. A list after a 410 asks for the newest state.
             query["resourceVersion"] = "0"
