@@ -446,8 +446,8 @@ class Operator:
 
     def wait_started(self, timeout: float = 120, settle: float = 2) -> None:
         deadline = time.monotonic() + timeout
-        # Started, and its pre-flight helper ready: the helper (scikit-learn) warms up beside the
-        # watches' first lists since 5097cc4, and this bench measures creation, not start-up.
+        # Started, and its pre-flight helper ready (scikit-learn): this bench measures creation,
+        # not start-up, whichever order an operator version does the two in.
         while not ("mlvisor operator started" in (log := self.log.read_text(errors="replace"))
                    and ("pre-flight check ready" in log or "will be judged when they come" in log)):
             if self.proc.poll() is not None or time.monotonic() > deadline:

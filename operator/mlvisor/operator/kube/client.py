@@ -158,10 +158,9 @@ class Kube:
     ) -> AsyncIterator[dict[str, Any]]:
         """The items of a LIST one at a time, decoded as the answer arrives; ``metadata`` gets the list's.
 
-        A list served whole (``resourceVersion=0`` from the API server's watch cache, which
-        ignores ``limit``) is tens of MB of JSON at 10,000 objects: decoded at once it would be
-        several times that in dicts. Here at most one item is decoded beyond what the caller
-        has taken (:class:`ListDecoder`).
+        A page (or a list served whole: ``resourceVersion=0`` from the API server's watch cache
+        ignores ``limit``, tens of MB of JSON at 10,000 objects) is never decoded at once: at
+        most one item beyond what the caller has taken (:class:`ListDecoder`).
         """
         if self._on_request is not None:
             self._on_request("LIST")

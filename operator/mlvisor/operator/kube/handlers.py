@@ -81,11 +81,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     memo.metrics = metrics
     memo.queue = WorkQueue(controllers.reconcile, retryable=retry_delay, workers=options.reconcile_workers)
     memo.judge = controllers.judge
-    # The pre-flight helper imports scikit-learn (seconds): start it now, not in the first reconcile
-    # that needs it, but beside the watches' first lists rather than before them (an operator
-    # restarted over running jobs needs no pre-flight at all). It exits again when idle, and the
-    # operator itself never imports scikit-learn.
-    memo.warming = asyncio.create_task(asyncio.to_thread(warm_up_preflight, controllers.judge), name="preflight")
+    # The pre-flight helper imports scikit-learn (seconds): start it now, not in the first reconcile;
+    # it exits again when idle, and the operator itself never imports scikit-learn.
+    await asyncio.to_thread(warm_up_preflight, controllers.judge)
     watches = Watches(
         kube, Router(store, memo.queue, metrics), options.namespaces,
         server_timeout=round(options.watch_server_timeout), client_timeout=options.watch_client_timeout,
@@ -110,9 +108,6 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     kube: client.Kube | None = memo.get("kube")
     if kube is not None:
         await kube.close()
-    warming: asyncio.Task[None] | None = memo.get("warming")
-    if warming is not None:
-        await asyncio.gather(warming, return_exceptions=True)
     judge = memo.get("judge")
     if judge is not None:
         await asyncio.to_thread(judge.close)

@@ -1,8 +1,7 @@
 """List-then-watch of one kind (client-go's reflector), on the operator's own aiohttp session.
 
 Each :class:`Informer` keeps one kind of one namespace (or of all namespaces) up to date in the
-operator's memory: it lists the kind (first from the API server's cache, whole, decoded an item
-at a time; after a 410 the newest state, in pages), then watches from the list's resourceVersion
+operator's memory: it lists the kind in pages (each decoded an item at a time), then watches from the list's resourceVersion
 (with bookmarks, so a quiet watch still moves its resourceVersion on), and hands every object
 to ``on_event(type, body)`` as soon as it is decoded, keeping nothing itself but each object's
 name. What to keep of an object is the store's business (``store.py``: slim projections); the
@@ -97,7 +96,6 @@ class Informer:
         self.synced = asyncio.Event()
         self.resource_version: str | None = None
         self._known: dict[tuple[str, str], str] = {}
-        self._listed = False
         """(namespace, name) -> uid of every object handed over and not deleted since."""
 
     def __repr__(self) -> str:
@@ -133,14 +131,11 @@ class Informer:
     async def _list(self) -> None:
         path = self.kind.path(self.namespace)
         query: dict[str, str] = {"limit": str(self.page_size)}
-        if not self._listed:
-            # The first list comes from the API server's watch cache (resourceVersion 0, as
-            # client-go's reflectors ask): whole, in one answer, from objects the server has
-            # decoded already. A paged list reads its later pages from etcd; for 10,000
-            # TrainingJobs that took 12 s against 2 s from the cache (bench/README.md, "Memory and restart").
-            # The answer is decoded one item at a time (``Kube.list_items``), so its size does
-            # not become the operator's memory. A list after a 410 asks for the newest state.
-            query["resourceVersion"] = "0"
+        # Every list asks for the newest state, in pages. A first list from the API server's watch
+        # cache (resourceVersion 0, as client-go's reflectors ask) was 2 s instead of 12 s for
+        # 10,000 TrainingJobs, but the cache can be older than the writes of the operator that
+        # ran before this one, and the crash-consistency test (the operator SIGKILLed every few
+        # seconds) stopped settling with it: bench/README.md, "Memory and restart".
         selector = self.kind.selector()
         if selector:
             query["labelSelector"] = selector
@@ -175,7 +170,6 @@ class Informer:
             self._hand_over("DELETED", {"kind": self.kind.kind, "metadata": {
                 "namespace": namespace, "name": name, "uid": self._known[key]}})
         self.resource_version = str(version) if version else "0"
-        self._listed = True
 
     async def _watch(self) -> None:
         query = {

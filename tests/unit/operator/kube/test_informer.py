@@ -127,14 +127,16 @@ def run(scenario: Any) -> Any:
     return asyncio.run(main())
 
 
-def test_it_lists_from_the_cache_before_it_is_synced_then_watches_from_the_lists_version() -> None:
+def test_it_lists_in_pages_before_it_is_synced_then_watches_from_the_lists_version() -> None:
     async def scenario(api: FakeApi, informer: Informer, seen: list[Any]) -> None:
         for i in range(5):
             await api.write("ADDED", pod(f"p{i}", 0))
         task = asyncio.create_task(informer.run())
         await asyncio.wait_for(informer.synced.wait(), 5)
         assert [s[:2] for s in seen] == [("ADDED", f"p{i}") for i in range(5)]  # all before synced
-        assert api.lists == [{"labelSelector": "app=mine", "limit": "2", "resourceVersion": "0"}]
+        assert [q.get("continue") for q in api.lists] == [None, "2", "4"]
+        assert all(q["labelSelector"] == "app=mine" and q["limit"] == "2" and "resourceVersion" not in q
+                   for q in api.lists)
         await api.write("MODIFIED", pod("p1", 0))
         await until(lambda: len(seen) == 6)
         assert seen[-1] == ("MODIFIED", "p1", "6")
@@ -178,8 +180,7 @@ def test_a_410_lists_again_and_hands_over_what_vanished_meanwhile_as_deleted() -
         await until(lambda: len(api.lists) >= 2, timeout=8)  # the watch ended (1 s), 410, a new list
         await until(lambda: ("ADDED", "c", "3") in seen and any(s[:2] == ("DELETED", "b") for s in seen))
         assert ("MODIFIED", "a", "1") in seen  # still there: handed over again, as a modification
-        # the first list came from the cache; the list after the 410 asks for the newest state, in pages
-        assert api.lists[0]["resourceVersion"] == "0"
+        # the list after the 410 asks for the newest state, in pages
         assert [(q.get("continue"), q.get("resourceVersion")) for q in api.lists[1:3]] == [(None, None), ("2", None)]
         task.cancel()
 
