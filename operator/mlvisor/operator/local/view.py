@@ -205,14 +205,6 @@ class TerminalView(Reporter):
     def changed(self, runtime: LocalRuntime) -> None:
         doc = runtime.status_document()
         self.doc = doc
-        if doc != self._last_doc:
-            self._last_doc = json.loads(json.dumps(doc))
-            if self.status_file is not None:
-                write_json_atomic(self.status_file, doc)
-        pids = runtime.process_document()
-        if self.pid_file is not None and pids != self._last_pids:
-            self._last_pids = pids
-            write_json_atomic(self.pid_file, pids)
         for key, status in doc.items():
             url = status.get("url")
             if key.startswith("ModelServer/") and status.get("phase") == "Ready" and url:
@@ -222,6 +214,16 @@ class TerminalView(Reporter):
                     name = key.split("/", 2)[2]
                     grpc = f"; gRPC at {status['grpcAddress']}" if status.get("grpcAddress") else ""
                     self.say(f"{name} ready at {url} (model version {status.get('modelVersion')}){grpc}")
+        # The status file comes after the lines it implies, so a script that sees "Ready" in it
+        # finds the "ready at" line already in the log.
+        if doc != self._last_doc:
+            self._last_doc = json.loads(json.dumps(doc))
+            if self.status_file is not None:
+                write_json_atomic(self.status_file, doc)
+        pids = runtime.process_document()
+        if self.pid_file is not None and pids != self._last_pids:
+            self._last_pids = pids
+            write_json_atomic(self.pid_file, pids)
         owners = {"/".join(child): "/".join(owner) for child, owner in runtime.owners.items()}
         lines = table_lines(doc, owners)
         if lines != self._last_table:
