@@ -134,14 +134,13 @@ def _rv(body: Mapping[str, Any]) -> str:
     return str((body.get("metadata") or {}).get("resourceVersion") or "")
 
 
-def caught_up(seen: Mapping[str, Any], written: Mapping[str, Any]) -> bool:
-    """Whether the watch's copy is at least as new as the one the operator wrote.
+def _at_least(a: str, b: str) -> bool:
+    """Whether resourceVersion ``a`` (the watch's copy) is ``b`` (the operator's write) or newer.
 
     resourceVersions are opaque, but every API server in use (etcd's revisions, the test
     emulator's counter) issues increasing integers; anything else counts as caught up only
     when equal, and the write's ttl bounds the wait.
     """
-    a, b = _rv(seen), _rv(written)
     if a.isdigit() and b.isdigit():
         return int(a) >= int(b)
     return a == b
@@ -152,6 +151,8 @@ class _Write:
     packed: bytes
     at: float
     deleted: bool = False
+    rv: str = ""
+    """The written copy's resourceVersion, kept beside it so that a watch event need not decode it."""
 
     @property
     def body(self) -> dict[str, Any]:
@@ -207,7 +208,7 @@ class Store:
             return
         writes, key = slot
         write = writes.get(key)
-        if write is not None and not write.deleted and caught_up(body, write.body):
+        if write is not None and not write.deleted and _at_least(_rv(body), write.rv):
             del writes[key]
             if not writes and writes is not self._writes:
                 owner = pod_owner(body)
@@ -264,7 +265,7 @@ class Store:
         slot = self._slot(body, create=True)
         if slot is not None:
             slim = slim_pod(body) if body.get("kind") == "Pod" else slim_object(body)
-            slot[0][slot[1]] = _Write(pack(slim), self.clock(), deleted)
+            slot[0][slot[1]] = _Write(pack(slim), self.clock(), deleted, _rv(body))
 
     def _slot(self, body: Mapping[str, Any], create: bool = False) -> tuple[dict[Any, _Write], Any] | None:
         """Where the own write of this object is kept: (the mapping, its key); None for a pod of no owner.
@@ -304,16 +305,14 @@ class Store:
             if seen is None:
                 drop()
                 return None
-            written = write.body
-            body = written if caught_up(written, seen) else seen
+            body = write.body if _at_least(write.rv, _rv(seen)) else seen
             if not (body.get("metadata") or {}).get("deletionTimestamp"):
                 body = {**body, "metadata": {**body["metadata"], "deletionTimestamp": "deleting"}}
             return body
-        written = write.body
-        if seen is not None and caught_up(seen, written):
+        if seen is not None and _at_least(_rv(seen), write.rv):
             drop()
             return seen
-        return written
+        return write.body
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A TrainingJob, ModelServer, ModelPipeline, or a managed Deployment or Service."""
