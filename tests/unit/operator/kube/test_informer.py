@@ -1,6 +1,6 @@
 """The operator's list-then-watch (kube/informer.py) against a small API server of the test's (aiohttp.web).
 
-The server keeps objects with increasing resourceVersions, pages its lists (``limit`` /
+The server keeps objects with increasing resourceVersions, pages its lists when asked (``limit`` /
 ``continue``), streams watch events from a resourceVersion, and can be told to answer a watch
 410 Gone or end it: what the real API server does, reduced to what the informer relies on.
 The cluster tier and bench/operator.py run the same informers against the real API server.
@@ -109,7 +109,7 @@ async def until(check: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def run(scenario: Any) -> Any:
+def run(scenario: Any, page_size: int | None = None) -> Any:
     async def main() -> Any:
         api = FakeApi()
         runner, port = await serve(api.handle)
@@ -117,7 +117,7 @@ def run(scenario: Any) -> Any:
         seen: list[tuple[str, str, str]] = []
         informer = Informer(kube, PODS, "ml", lambda t, b: seen.append((t, b["metadata"]["name"],
                                                                        b["metadata"].get("resourceVersion", ""))),
-                            page_size=2, server_timeout=1, client_timeout=5)
+                            page_size=page_size, server_timeout=1, client_timeout=5)
         try:
             return await scenario(api, informer, seen)
         finally:
@@ -127,7 +127,26 @@ def run(scenario: Any) -> Any:
     return asyncio.run(main())
 
 
-def test_it_lists_in_pages_before_it_is_synced_then_watches_from_the_lists_version() -> None:
+def test_it_lists_the_newest_state_in_one_request_before_it_is_synced_then_watches_from_its_version() -> None:
+    async def scenario(api: FakeApi, informer: Informer, seen: list[Any]) -> None:
+        for i in range(5):
+            await api.write("ADDED", pod(f"p{i}", 0))
+        task = asyncio.create_task(informer.run())
+        await asyncio.wait_for(informer.synced.wait(), 5)
+        assert [s[:2] for s in seen] == [("ADDED", f"p{i}") for i in range(5)]  # all before synced
+        # No resourceVersion (a consistent read, which the API server answers from its watch cache
+        # once that has caught up) and no limit (pages after the first would come from etcd).
+        assert api.lists == [{"labelSelector": "app=mine"}]
+        await api.write("MODIFIED", pod("p1", 0))
+        await until(lambda: len(seen) == 6)
+        assert seen[-1] == ("MODIFIED", "p1", "6")
+        assert api.watches[0]["resourceVersion"] == "5" and api.watches[0]["allowWatchBookmarks"] == "true"
+        task.cancel()
+
+    run(scenario)
+
+
+def test_given_a_page_size_it_lists_in_pages_before_it_is_synced() -> None:
     async def scenario(api: FakeApi, informer: Informer, seen: list[Any]) -> None:
         for i in range(5):
             await api.write("ADDED", pod(f"p{i}", 0))
@@ -143,7 +162,7 @@ def test_it_lists_in_pages_before_it_is_synced_then_watches_from_the_lists_versi
         assert api.watches[0]["resourceVersion"] == "5" and api.watches[0]["allowWatchBookmarks"] == "true"
         task.cancel()
 
-    run(scenario)
+    run(scenario, page_size=2)
 
 
 def test_a_watch_the_server_ends_is_reopened_from_the_last_version_seen_and_nothing_is_repeated() -> None:
@@ -180,8 +199,8 @@ def test_a_410_lists_again_and_hands_over_what_vanished_meanwhile_as_deleted() -
         await until(lambda: len(api.lists) >= 2, timeout=8)  # the watch ended (1 s), 410, a new list
         await until(lambda: ("ADDED", "c", "3") in seen and any(s[:2] == ("DELETED", "b") for s in seen))
         assert ("MODIFIED", "a", "1") in seen  # still there: handed over again, as a modification
-        # the list after the 410 asks for the newest state, in pages
-        assert [(q.get("continue"), q.get("resourceVersion")) for q in api.lists[1:3]] == [(None, None), ("2", None)]
+        # the list after the 410 asks for the newest state, as the first did
+        assert api.lists[1] == {"labelSelector": "app=mine"}
         task.cancel()
 
     run(scenario)
