@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Final, Literal, cast
+from typing import Annotated, Any, ClassVar, Final, Literal, Self, cast
 
 from pydantic import (
     AfterValidator,
@@ -197,6 +197,12 @@ class Model(BaseModel):
             loc = tuple(rule.field_path.lstrip(".").split(".")) if rule.field_path else ()
             errors.append({"type": PydanticCustomError("rule", rule.message), "loc": loc, "input": data})
         raise ValidationError.from_exception_data(cls.__name__, errors)
+
+    def clone(self) -> Self:
+        """A deep copy made by value (dumped and validated again): what a planner changes of it
+        reaches nothing else. 2.8 times as fast as ``model_copy(deep=True)``, whose
+        ``copy.deepcopy`` walk was 70% of a TrainingJob's plan (bench/README.md, "CPU per reconcile")."""
+        return type(self).model_validate(self.model_dump())
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON-ready dict with camelCase keys and unset optional fields left out."""

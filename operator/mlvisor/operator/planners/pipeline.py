@@ -203,7 +203,7 @@ class _PipelineReconcile(ConditionWriter):
 
     def __post_init__(self) -> None:
         self.status = (
-            self.pipeline.status.model_copy(deep=True)
+            self.pipeline.status.clone()
             if self.pipeline.status is not None
             else api.ModelPipelineStatus()
         )

@@ -199,7 +199,7 @@ class _ServingReconcile(ConditionWriter):
 
     def __post_init__(self) -> None:
         self.status = (
-            self.server.status.model_copy(deep=True) if self.server.status is not None else api.ModelServerStatus()
+            self.server.status.clone() if self.server.status is not None else api.ModelServerStatus()
         )
         self.spec = self.server.spec
         self.generation = self.server.metadata.generation

@@ -200,7 +200,7 @@ class _TrainingReconcile(ConditionWriter):
 
     def __post_init__(self) -> None:
         self.status = (
-            self.job.status.model_copy(deep=True) if self.job.status is not None else api.TrainingJobStatus()
+            self.job.status.clone() if self.job.status is not None else api.TrainingJobStatus()
         )
         self.spec = self.job.spec
         self.generation = self.job.metadata.generation

@@ -939,3 +939,22 @@ def test_a_bayesian_search_counts_the_study_and_a_new_run_starts_progress_over()
     assert w.status.phase == api.TrainingPhase.RUNNING
     assert w.status.progress.summary == "0/10" and w.status.progress.best_score is None
     assert all(x.trials_done is None for x in w.status.workers)
+
+
+def test_the_plan_never_changes_the_status_it_was_given() -> None:
+    """The planner works on a copy (``Model.clone``): the job's status as read stays as read,
+    nested lists and models included, while the plan's status moves on."""
+    world = World(make_job(workers=2))
+    world.reconcile(T0)
+    world.run("iris-worker-0-1")
+    world.reconcile(T0 + 1)
+    world.fail("iris-worker-1-1", code=1)
+    before = world.job.model_dump(mode="json")
+    plan = plan_training(world.job, world.observe(), T0 + 10, CONFIG)
+    assert world.job.model_dump(mode="json") == before
+    assert plan.status is not None and plan.status.to_wire() != before["status"]
+    copy = world.status.clone()
+    assert copy == world.status and copy is not world.status
+    copy.workers[0].phase = api.WorkerPhase.FAILED
+    copy.conditions.clear()
+    assert world.job.model_dump(mode="json") == before
