@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from unit.trainer.test_search import run_mode
 
 from mlvisor import api
 from mlvisor.api.progress import ProgressReport
 from mlvisor.trainer.artifact import read_metadata
 from mlvisor.trainer.distributions import sample_params
-from mlvisor.trainer.job import RunOptions, prepare, run, search_run
+from mlvisor.trainer.job import RunOptions, prepare, search_run
 from mlvisor.trainer.logs import EventLog
 from mlvisor.trainer.preflight import spec_problems
 from mlvisor.trainer.progress import ProgressTracker
@@ -52,12 +53,6 @@ def spec_of(method: str = "Random", workers: int = 1, n_trials: int = 8, cv: int
         "workers": workers,
         "randomState": 7,
     })
-
-
-def run_mode(out: Path, spec: api.TrainingJobSpec, **kw: Any) -> tuple[Path | None, list[dict[str, Any]]]:
-    buf = io.StringIO()
-    path = run(RunOptions(spec=spec, output=out, name="s", version="v1", **kw), EventLog(stream=buf))
-    return path, [json.loads(line) for line in buf.getvalue().splitlines()]
 
 
 def trials_of(artifact: Path) -> list[dict[str, Any]]:
