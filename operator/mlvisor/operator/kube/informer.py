@@ -42,7 +42,6 @@ from mlvisor.operator.kube.client import ApiError, Kube
 
 logger = logging.getLogger(__name__)
 
-
 OnEvent = Callable[[str, dict[str, Any]], None]
 
 
@@ -135,7 +134,7 @@ class Informer:
         # answers such a list from its watch cache once the cache has caught up with etcd, so it
         # is as fresh as a read from etcd and three to six times faster: 10,000 TrainingJobs in
         # 3.3 s instead of 21 s in pages of 500, 21,000 pods in 6.8 s instead of 20 s (curl,
-        # bench/README.md "Restart"). Pages cannot have that: in 1.33 every page after the first
+        # bench/README.md "Restart from one consistent list"). Pages cannot have that: in 1.33 every page after the first
         # is read from etcd. Nor can resourceVersion 0 (client-go's first list, also from the
         # cache): its answer may be older than the writes of the operator that ran before this
         # one, and the crash-consistency test stopped settling with it. The answer is decoded an
