@@ -133,13 +133,13 @@ class Informer:
         # request. Since Kubernetes 1.31 (ConsistentListFromCache, beta and on) the API server
         # answers such a list from its watch cache once the cache has caught up with etcd, so it
         # is as fresh as a read from etcd and three to six times faster: 10,000 TrainingJobs in
-        # 3.3 s instead of 21 s in pages of 500, 21,000 pods in 6.8 s instead of 20 s (curl,
-        # bench/README.md "Restart from one consistent list"). Pages cannot have that: in 1.33 every page after the first
-        # is read from etcd. Nor can resourceVersion 0 (client-go's first list, also from the
-        # cache): its answer may be older than the writes of the operator that ran before this
-        # one, and the crash-consistency test stopped settling with it. The answer is decoded an
-        # item at a time as it arrives (client.ListDecoder), so one list of 21,000 pods costs no
-        # more memory than a page did.
+        # 3.3 s instead of 21 s in pages of 500, 21,000 pods in 6.8 s instead of 20 s (curl;
+        # bench/README.md, "Restart from one consistent list"). Pages cannot have that: in 1.33
+        # every page after the first is read from etcd. Nor can resourceVersion 0 (client-go's
+        # first list, also from the cache): its answer may be older than the writes of the
+        # operator that ran before this one, and the crash-consistency test stopped settling
+        # with it. The answer is decoded an item at a time as it arrives (client.ListDecoder),
+        # so one list of 21,000 pods costs no more memory than a page did.
         query: dict[str, str] = {}
         if self.page_size:
             query["limit"] = str(self.page_size)
