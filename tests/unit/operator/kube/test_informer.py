@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 from unit.operator.kube.test_client import configuration, serve
 
@@ -127,42 +128,34 @@ def run(scenario: Any, page_size: int | None = None) -> Any:
     return asyncio.run(main())
 
 
-def test_it_lists_the_newest_state_in_one_request_before_it_is_synced_then_watches_from_its_version() -> None:
+SELECTED = {"labelSelector": "app=mine"}
+
+
+@pytest.mark.parametrize(("page_size", "lists"), [
+    # The default: no resourceVersion (a consistent read, which the API server answers from its
+    # watch cache once that has caught up) and no limit (pages after the first come from etcd).
+    (None, [SELECTED]),
+    # Given a page size: the newest state in pages, each continued by the token alone.
+    (2, [{**SELECTED, "limit": "2"}, {**SELECTED, "limit": "2", "continue": "2"},
+         {**SELECTED, "limit": "2", "continue": "4"}]),
+])
+def test_it_lists_the_newest_state_before_it_is_synced_then_watches_from_its_version(
+    page_size: int | None, lists: list[dict[str, str]]
+) -> None:
     async def scenario(api: FakeApi, informer: Informer, seen: list[Any]) -> None:
         for i in range(5):
             await api.write("ADDED", pod(f"p{i}", 0))
         task = asyncio.create_task(informer.run())
         await asyncio.wait_for(informer.synced.wait(), 5)
         assert [s[:2] for s in seen] == [("ADDED", f"p{i}") for i in range(5)]  # all before synced
-        # No resourceVersion (a consistent read, which the API server answers from its watch cache
-        # once that has caught up) and no limit (pages after the first would come from etcd).
-        assert api.lists == [{"labelSelector": "app=mine"}]
+        assert api.lists == lists
         await api.write("MODIFIED", pod("p1", 0))
         await until(lambda: len(seen) == 6)
         assert seen[-1] == ("MODIFIED", "p1", "6")
         assert api.watches[0]["resourceVersion"] == "5" and api.watches[0]["allowWatchBookmarks"] == "true"
         task.cancel()
 
-    run(scenario)
-
-
-def test_given_a_page_size_it_lists_in_pages_before_it_is_synced() -> None:
-    async def scenario(api: FakeApi, informer: Informer, seen: list[Any]) -> None:
-        for i in range(5):
-            await api.write("ADDED", pod(f"p{i}", 0))
-        task = asyncio.create_task(informer.run())
-        await asyncio.wait_for(informer.synced.wait(), 5)
-        assert [s[:2] for s in seen] == [("ADDED", f"p{i}") for i in range(5)]  # all before synced
-        assert [q.get("continue") for q in api.lists] == [None, "2", "4"]
-        assert all(q["labelSelector"] == "app=mine" and q["limit"] == "2" and "resourceVersion" not in q
-                   for q in api.lists)
-        await api.write("MODIFIED", pod("p1", 0))
-        await until(lambda: len(seen) == 6)
-        assert seen[-1] == ("MODIFIED", "p1", "6")
-        assert api.watches[0]["resourceVersion"] == "5" and api.watches[0]["allowWatchBookmarks"] == "true"
-        task.cancel()
-
-    run(scenario, page_size=2)
+    run(scenario, page_size=page_size)
 
 
 def test_a_watch_the_server_ends_is_reopened_from_the_last_version_seen_and_nothing_is_repeated() -> None:
@@ -200,7 +193,7 @@ def test_a_410_lists_again_and_hands_over_what_vanished_meanwhile_as_deleted() -
         await until(lambda: ("ADDED", "c", "3") in seen and any(s[:2] == ("DELETED", "b") for s in seen))
         assert ("MODIFIED", "a", "1") in seen  # still there: handed over again, as a modification
         # the list after the 410 asks for the newest state, as the first did
-        assert api.lists[1] == {"labelSelector": "app=mine"}
+        assert api.lists[1] == SELECTED
         task.cancel()
 
     run(scenario)
