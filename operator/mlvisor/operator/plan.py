@@ -87,7 +87,10 @@ class ObservedPod:
     waiting: str | None = None
     """Why a pod that is not running yet waits, when that is worth a user's attention: the
     container's waiting reason and message (ImagePullBackOff: ..., CreateContainerConfigError:
-    ...) or the scheduler's (Unschedulable: ...). None while it is just being created."""
+    ...) or the scheduler's (Unschedulable: ...). None while it is just being created. The
+    planners say it once the pod is WAITING_REPORTED_AFTER_SECONDS old (``waiting_to_report``)."""
+    created: float | None = None
+    """metadata.creationTimestamp as Unix seconds; None when not known (local processes)."""
     progress: ProgressReport | None = None
     """A running search worker's latest report (GET /progress, which the shell polls every few seconds)."""
 

@@ -9,6 +9,7 @@ no I/O, no clock.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -32,6 +33,17 @@ def _int(value: Any, default: int) -> int:
         return int(value)
     except (TypeError, ValueError):
         return default
+
+
+def _time(value: Any) -> float | None:
+    """An RFC 3339 timestamp (metadata.creationTimestamp) as Unix seconds; None if absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()
 
 
 def _worker_index(value: str | None, default: int) -> int:
@@ -128,6 +140,7 @@ def observe_pod(pod: Mapping[str, Any], default_index: int = 0) -> plan.Observed
         message=message or None,
         message_source=source,
         waiting=_waiting(pod) if phase in ("Pending", "Running") else None,
+        created=_time(meta.get("creationTimestamp")),
     )
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from mlvisor import api
+from mlvisor.operator.plan import ObservedPod
 from mlvisor.operator.supervision import Failure, SupervisorState, failure_words
 
 __all__ = [
@@ -27,12 +28,19 @@ __all__ = [
     "quantize",
     "set_condition",
     "to_timestamp",
+    "waiting_to_report",
 ]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
 
 ConditionStatus = Literal["True", "False", "Unknown"]
+
+#: A pod's waiting reason (ObservedPod.waiting) goes into a condition once the pod is this old.
+#: A scheduler that has not placed a pod yet, or an image still being pulled, is most often
+#: resolved within seconds; said at once, each such moment cost a status write per pod (with no
+#: node, three writes per two-worker job instead of two: bench/README.md, "Fewer status writes").
+WAITING_REPORTED_AFTER_SECONDS = 10.0
 
 #: status.supervision.lastFailure.message keeps at most what a kubelet keeps of a termination message.
 MAX_FAILURE_MESSAGE = 4096
@@ -70,6 +78,20 @@ def store_supervisor_state(sup: api.SupervisionStatus | api.PipelineSupervisionS
 def quantize(t: float) -> float:
     """``t`` as it reads back after a trip through status (microsecond precision)."""
     return to_timestamp(from_timestamp(t))
+
+
+def waiting_to_report(pod: ObservedPod, now: float) -> tuple[str | None, float | None]:
+    """(the pod's waiting reason if it is old enough to say, seconds until it will be).
+
+    A pod whose creation time is not known is old enough. The wait is at most
+    WAITING_REPORTED_AFTER_SECONDS, whatever the API server's clock says.
+    """
+    if not pod.waiting:
+        return None, None
+    if pod.created is None:
+        return pod.waiting, None
+    wait = min(pod.created + WAITING_REPORTED_AFTER_SECONDS - now, WAITING_REPORTED_AFTER_SECONDS)
+    return (pod.waiting, None) if wait <= 0 else (None, wait)
 
 
 def find_condition(conditions: Sequence[api.Condition], type_: str) -> api.Condition | None:

@@ -80,6 +80,7 @@ from mlvisor.operator.planners.conditions import (
     store_supervisor_state,
     supervisor_state,
     to_timestamp,
+    waiting_to_report,
 )
 from mlvisor.operator.supervision import (
     Decision,
@@ -457,9 +458,12 @@ class _TrainingReconcile(ConditionWriter):
             return Failure(child=child, pod=rec.pod, reason="PodLost")
         if pod.phase in ("Pending", "Running"):
             rec.phase = WPhase(pod.phase)
-            if pod.waiting:
+            waiting, later = waiting_to_report(pod, self.now)
+            if later is not None:
+                self.requeue.append(later)
+            if waiting:
                 who = "the select step" if rec.index == SELECT_INDEX else f"worker {rec.index}"
-                self.waiting.append(f"{who} (pod {pod.name}) cannot start: {pod.waiting}")
+                self.waiting.append(f"{who} (pod {pod.name}) cannot start: {waiting}")
             return None
         if pod.phase not in ("Succeeded", "Failed"):
             return None

@@ -122,6 +122,18 @@ def test_a_pod_that_cannot_start_says_why_and_one_on_its_way_says_nothing(status
     assert observe_pod(_pod("Pending", status=status)).waiting == waiting
 
 
+@pytest.mark.parametrize("stamp, created", [
+    ("2026-12-06T10:00:00Z", 1796551200.0),
+    ("2026-12-06T10:00:00.250000+00:00", 1796551200.25),
+    (None, None),
+    ("yesterday", None),
+])
+def test_a_pods_creation_time_is_read_as_unix_seconds(stamp, created):
+    pod = _pod("Pending")
+    pod["metadata"]["creationTimestamp"] = stamp
+    assert observe_pod(pod).created == created
+
+
 def test_a_pipeline_child_reads_the_same_from_the_cluster_and_from_the_local_runtime():
     # The kube shell observes a child from its JSON body, the local runtime from its parsed
     # resource and status: both go through planners.pipeline.observed_child.

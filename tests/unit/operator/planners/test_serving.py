@@ -17,7 +17,7 @@ from mlvisor.operator.plan import (
     Plan,
     RecordEvent,
 )
-from mlvisor.operator.planners.conditions import find_condition
+from mlvisor.operator.planners.conditions import WAITING_REPORTED_AFTER_SECONDS, find_condition
 from mlvisor.operator.planners.serving import plan_serving
 
 CONFIG = OperatorConfig()
@@ -385,6 +385,19 @@ def test_replicas_that_cannot_start_say_why_in_the_ready_condition() -> None:
     s = Server(make_server(replicas=2))
     waiting = 'ImagePullBackOff: Back-off pulling image "mlvisor:typo"'
     s.reconcile([pod("iris-a-0", V1), pod("iris-a-1", V1, ready=False, phase="Pending", waiting=waiting)], V1, T0)
+    assert s.cond("Ready").message == (
+        f"1/2 replicas ready on model version aaaa-1; replica pod iris-a-1 cannot start: {waiting}"
+    )
+
+
+def test_a_replica_that_has_only_just_been_created_is_not_said_to_wait_yet() -> None:
+    s = Server(make_server(replicas=2))
+    waiting = "Unschedulable: 0/1 nodes are available: 1 Insufficient memory."
+    young = pod("iris-a-1", V1, ready=False, phase="Pending", waiting=waiting, created=T0 - 2)
+    plan = s.reconcile([pod("iris-a-0", V1), young], V1, T0)
+    assert s.cond("Ready").message == "1/2 replicas ready on model version aaaa-1"
+    assert plan.requeue_after == pytest.approx(WAITING_REPORTED_AFTER_SECONDS - 2)
+    s.reconcile([pod("iris-a-0", V1), young], V1, T0 - 2 + WAITING_REPORTED_AFTER_SECONDS)
     assert s.cond("Ready").message == (
         f"1/2 replicas ready on model version aaaa-1; replica pod iris-a-1 cannot start: {waiting}"
     )

@@ -27,7 +27,12 @@ from mlvisor.operator.plan import (
     Plan,
     RecordEvent,
 )
-from mlvisor.operator.planners.conditions import find_condition, invalid_spec_status, to_timestamp
+from mlvisor.operator.planners.conditions import (
+    WAITING_REPORTED_AFTER_SECONDS,
+    find_condition,
+    invalid_spec_status,
+    to_timestamp,
+)
 from mlvisor.operator.planners.training import plan_training
 
 CONFIG = OperatorConfig()
@@ -97,6 +102,7 @@ class World:
                     name=meta["name"],
                     index=parse_worker_index(meta["labels"][LABEL_WORKER_INDEX]),
                     attempt=int(meta["labels"][LABEL_ATTEMPT]),
+                    created=now,
                 )
             elif isinstance(a, DeletePod) and a.name in self.pods:
                 self.set(a.name, deleting=True)
@@ -845,18 +851,46 @@ def test_a_failed_pods_everyday_conditions_are_not_in_the_words() -> None:
     assert not any(c in message for c in everyday)
 
 
-def test_a_worker_that_cannot_start_says_why_in_the_running_condition() -> None:
+def test_a_worker_that_cannot_start_says_why_in_the_running_condition_once_it_has_waited() -> None:
     w = World(make_job())
     w.reconcile(T0)
     w.set("iris-worker-0-1", phase="Pending", waiting='ImagePullBackOff: Back-off pulling image "mlvisor:typo"')
-    w.reconcile(T0 + 1)
+    plan = w.reconcile(T0 + 1)
+    # A moment's wait is not news (it would cost a status write per pod): the planner comes back
+    # when the pod is WAITING_REPORTED_AFTER_SECONDS old.
+    assert cond(w.status, "Running").message == "0/1 workers succeeded"
+    assert plan.requeue_after == pytest.approx(WAITING_REPORTED_AFTER_SECONDS - 1)
+    plan = w.reconcile(T0 + WAITING_REPORTED_AFTER_SECONDS)
     assert cond(w.status, "Running").message == (
         '0/1 workers succeeded; worker 0 (pod iris-worker-0-1) cannot start: ImagePullBackOff: '
         'Back-off pulling image "mlvisor:typo"'
     )
+    assert plan.requeue_after is None
     w.set("iris-worker-0-1", phase="Running", waiting=None)
-    w.reconcile(T0 + 2)
+    w.reconcile(T0 + WAITING_REPORTED_AFTER_SECONDS + 1)
     assert cond(w.status, "Running").message == "0/1 workers succeeded"
+
+
+def test_workers_that_wait_together_are_said_in_one_status_write() -> None:
+    w = World(make_job(workers=2))
+    w.reconcile(T0)
+    before = w.status.model_dump()
+    for name in ("iris-worker-0-1", "iris-worker-1-1"):
+        w.set(name, waiting="Unschedulable: 0/1 nodes are available")
+        w.reconcile(T0 + 0.5)
+        assert w.status.model_dump() == before  # nothing to write yet
+    w.reconcile(T0 + WAITING_REPORTED_AFTER_SECONDS)
+    message = cond(w.status, "Running").message
+    assert "worker 0 (pod iris-worker-0-1) cannot start: Unschedulable" in message
+    assert "worker 1 (pod iris-worker-1-1) cannot start: Unschedulable" in message
+
+
+def test_a_waiting_pod_of_unknown_age_is_said_at_once() -> None:
+    w = World(make_job())
+    w.reconcile(T0)
+    w.set("iris-worker-0-1", created=None, waiting="Unschedulable: 0/1 nodes are available")
+    w.reconcile(T0 + 1)
+    assert cond(w.status, "Running").message.endswith("cannot start: Unschedulable: 0/1 nodes are available")
 
 
 # --------------------------------------------------------------------------- search progress
