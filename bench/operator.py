@@ -54,6 +54,8 @@ from typing import Any
 
 from kubernetes import client, config, watch
 
+from mlvisor.operator.planners.conditions import WAITING_REPORTED_AFTER_SECONDS
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 THREADS = 16
@@ -613,9 +615,11 @@ def bench_mlvisor(n: int, idle: float, timeout: float, source: Path | None = Non
         # An operator restart: the new process lists everything and reconciles every job once.
         # Settled = every job reconciled and no reconcile for 5 s; what it wrote meanwhile is the cost.
         # First let the old process finish (the replacements' aftermath: their pods' Unschedulable
-        # conditions): a restart is measured from quiet, or it would count the old one's work.
+        # conditions, said once a pod has waited WAITING_REPORTED_AFTER_SECONDS): a restart is
+        # measured from quiet, or it would count the old one's work.
+        quiet_for = WAITING_REPORTED_AFTER_SECONDS + 5
         waited, last_seen, quiet = time.monotonic(), operator.own_requests(), time.monotonic()
-        while time.monotonic() - quiet < 5 and time.monotonic() - waited < 120:
+        while time.monotonic() - quiet < quiet_for and time.monotonic() - waited < 120:
             time.sleep(0.5)
             seen = operator.own_requests()
             if seen != last_seen:

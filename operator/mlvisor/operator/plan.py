@@ -88,9 +88,11 @@ class ObservedPod:
     """Why a pod that is not running yet waits, when that is worth a user's attention: the
     container's waiting reason and message (ImagePullBackOff: ..., CreateContainerConfigError:
     ...) or the scheduler's (Unschedulable: ...). None while it is just being created. The
-    planners say it once the pod is WAITING_REPORTED_AFTER_SECONDS old (``waiting_to_report``)."""
-    created: float | None = None
-    """metadata.creationTimestamp as Unix seconds; None when not known (local processes)."""
+    planners say it once a pod has waited WAITING_REPORTED_AFTER_SECONDS (``waiting_due``)."""
+    waiting_since: float | None = None
+    """When the pod began to wait, as Unix seconds: the scheduler's PodScheduled condition's
+    lastTransitionTime, or for a container that waits the pod's startTime (the kubelet took it),
+    else its creationTimestamp. None when not known: then its reason is said at once."""
     progress: ProgressReport | None = None
     """A running search worker's latest report (GET /progress, which the shell polls every few seconds)."""
 

@@ -36,7 +36,7 @@ def _int(value: Any, default: int) -> int:
 
 
 def _time(value: Any) -> float | None:
-    """An RFC 3339 timestamp (metadata.creationTimestamp) as Unix seconds; None if absent or unreadable."""
+    """An RFC 3339 timestamp (creationTimestamp, lastTransitionTime) as Unix seconds; None if absent or unreadable."""
     if not isinstance(value, str) or not value:
         return None
     try:
@@ -77,20 +77,22 @@ def _last_termination(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
 _ORDINARY_WAITING = frozenset({"ContainerCreating", "PodInitializing", "CrashLoopBackOff"})
 
 
-def _waiting(pod: Mapping[str, Any]) -> str | None:
-    """Why the pod's containers do not run, when it is worth saying (see ObservedPod.waiting)."""
+def _waiting(pod: Mapping[str, Any]) -> tuple[str | None, float | None]:
+    """Why the pod's containers do not run, when it is worth saying, and since when
+    (see ObservedPod.waiting and waiting_since)."""
     status = pod.get("status") or {}
     for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         reason = str(waiting.get("reason") or "")
         if reason and reason not in _ORDINARY_WAITING:
             message = str(waiting.get("message") or "").strip()
-            return f"{reason}: {message}" if message else reason
+            since = _time(status.get("startTime")) or _time((pod.get("metadata") or {}).get("creationTimestamp"))
+            return (f"{reason}: {message}" if message else reason), since
     for c in status.get("conditions") or []:
         if c.get("type") == "PodScheduled" and str(c.get("status")) == "False" and c.get("reason"):
             message = str(c.get("message") or "").strip()
-            return f"{c['reason']}: {message}" if message else str(c["reason"])
-    return None
+            return (f"{c['reason']}: {message}" if message else str(c["reason"])), _time(c.get("lastTransitionTime"))
+    return None, None
 
 
 def observe_pod(pod: Mapping[str, Any], default_index: int = 0) -> plan.ObservedPod:
@@ -125,6 +127,7 @@ def observe_pod(pod: Mapping[str, Any], default_index: int = 0) -> plan.Observed
     source = message_source(message, exit_code)
     if status.get("reason") and str(status.get("message") or "").strip():
         message, source = str(status["message"]).strip(), MessageSource.POD
+    waiting, waiting_since = _waiting(pod) if phase in ("Pending", "Running") else (None, None)
     return plan.ObservedPod(
         name=str(meta.get("name", "")),
         index=_worker_index(labels.get(LABEL_WORKER_INDEX), default_index),
@@ -139,8 +142,8 @@ def observe_pod(pod: Mapping[str, Any], default_index: int = 0) -> plan.Observed
         model_uri=annotations.get(ANNOTATION_MODEL_URI),
         message=message or None,
         message_source=source,
-        waiting=_waiting(pod) if phase in ("Pending", "Running") else None,
-        created=_time(meta.get("creationTimestamp")),
+        waiting=waiting,
+        waiting_since=waiting_since,
     )
 
 

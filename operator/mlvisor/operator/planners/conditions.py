@@ -14,7 +14,7 @@ crash loop of the operator.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from mlvisor import api
@@ -28,7 +28,7 @@ __all__ = [
     "quantize",
     "set_condition",
     "to_timestamp",
-    "waiting_to_report",
+    "waiting_due",
 ]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -36,10 +36,11 @@ _MICROSECOND = dt.timedelta(microseconds=1)
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
-#: A pod's waiting reason (ObservedPod.waiting) goes into a condition once the pod is this old.
-#: A scheduler that has not placed a pod yet, or an image still being pulled, is most often
-#: resolved within seconds; said at once, each such moment cost a status write per pod (with no
-#: node, three writes per two-worker job instead of two: bench/README.md, "Fewer status writes").
+#: Pods' waiting reasons (ObservedPod.waiting) go into a condition once one of them has waited
+#: this long. A scheduler that has not placed a pod yet, or an image still being pulled, is most
+#: often resolved within seconds; said at once, each such moment cost a status write per pod
+#: (with no node, three writes per two-worker job instead of two: bench/README.md, "Fewer status
+#: writes").
 WAITING_REPORTED_AFTER_SECONDS = 10.0
 
 #: status.supervision.lastFailure.message keeps at most what a kubelet keeps of a termination message.
@@ -80,18 +81,22 @@ def quantize(t: float) -> float:
     return to_timestamp(from_timestamp(t))
 
 
-def waiting_to_report(pod: ObservedPod, now: float) -> tuple[str | None, float | None]:
-    """(the pod's waiting reason if it is old enough to say, seconds until it will be).
+def waiting_due(pods: Iterable[ObservedPod], now: float) -> tuple[bool, float | None]:
+    """(say the waiting reasons of ``pods`` now, else seconds until they are to be said).
 
-    A pod whose creation time is not known is old enough. The wait is at most
-    WAITING_REPORTED_AFTER_SECONDS, whatever the API server's clock says.
+    They are said together once any of them has waited WAITING_REPORTED_AFTER_SECONDS, or when
+    one's start of waiting is not known: a job's workers wait for the same reason at nearly the
+    same moment, and one status write says it for all of them. The wait is at most
+    WAITING_REPORTED_AFTER_SECONDS, whatever the clocks of the scheduler and kubelet say.
     """
-    if not pod.waiting:
-        return None, None
-    if pod.created is None:
-        return pod.waiting, None
-    wait = min(pod.created + WAITING_REPORTED_AFTER_SECONDS - now, WAITING_REPORTED_AFTER_SECONDS)
-    return (pod.waiting, None) if wait <= 0 else (None, wait)
+    waits = [p.waiting_since for p in pods if p.waiting]
+    if not waits:
+        return False, None
+    if any(since is None for since in waits):
+        return True, None
+    left = min(min(w for w in waits if w is not None) + WAITING_REPORTED_AFTER_SECONDS - now,
+               WAITING_REPORTED_AFTER_SECONDS)
+    return (True, None) if left <= 0 else (False, left)
 
 
 def find_condition(conditions: Sequence[api.Condition], type_: str) -> api.Condition | None:

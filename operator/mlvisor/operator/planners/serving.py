@@ -80,7 +80,7 @@ from mlvisor.operator.planners.conditions import (
     store_supervisor_state,
     supervisor_state,
     to_timestamp,
-    waiting_to_report,
+    waiting_due,
 )
 from mlvisor.operator.supervision import (
     SEEN_FAILURES_KEPT,
@@ -519,15 +519,14 @@ class _ServingReconcile(ConditionWriter):
         """What keeps replicas from being ready, for the Ready condition: pods that cannot start
         (an image that cannot be pulled, no node fits) and the last restart in the window."""
         uri = self.status.model_uri
-        words: list[str] = []
-        for p in sorted(self.pods, key=lambda p: p.name):
-            if p.ready or p.deleting or p.model_uri not in (None, uri):
-                continue
-            waiting, wait = waiting_to_report(p, self.now)
-            if wait is not None:
-                self.requeue = wait if self.requeue is None else min(self.requeue, wait)
-            if waiting:
-                words.append(f"; replica pod {p.name} cannot start: {waiting}")
+        waiting = [
+            p for p in sorted(self.pods, key=lambda p: p.name)
+            if p.waiting and not p.ready and not p.deleting and p.model_uri in (None, uri)
+        ]
+        due, later = waiting_due(waiting, self.now)
+        if later is not None:
+            self.requeue = later if self.requeue is None else min(self.requeue, later)
+        words = [f"; replica pod {p.name} cannot start: {p.waiting}" for p in waiting] if due else []
         last, period = self.status.supervision.last_failure, self.spec.supervision.period_seconds
         history = [to_timestamp(t) for t in self.status.supervision.restart_times]
         restarts = restarts_in_window(history, self.now, period)

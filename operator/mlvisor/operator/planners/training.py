@@ -80,7 +80,7 @@ from mlvisor.operator.planners.conditions import (
     store_supervisor_state,
     supervisor_state,
     to_timestamp,
-    waiting_to_report,
+    waiting_due,
 )
 from mlvisor.operator.supervision import (
     Decision,
@@ -196,8 +196,9 @@ class _TrainingReconcile(ConditionWriter):
     deleted: set[str] = field(default_factory=set)
     created: set[str] = field(default_factory=set)
     """Pods this plan creates: not yet in the observations it was computed from."""
-    waiting: list[str] = field(default_factory=list)
-    """Why running children's pods cannot start (an image that cannot be pulled, no node fits)."""
+    waiting: list[tuple[int, ObservedPod]] = field(default_factory=list)
+    """(worker index, pod) of running children whose pods cannot start (an image that cannot be
+    pulled, no node fits)."""
 
     def __post_init__(self) -> None:
         self.status = (
@@ -458,12 +459,8 @@ class _TrainingReconcile(ConditionWriter):
             return Failure(child=child, pod=rec.pod, reason="PodLost")
         if pod.phase in ("Pending", "Running"):
             rec.phase = WPhase(pod.phase)
-            waiting, later = waiting_to_report(pod, self.now)
-            if later is not None:
-                self.requeue.append(later)
-            if waiting:
-                who = "the select step" if rec.index == SELECT_INDEX else f"worker {rec.index}"
-                self.waiting.append(f"{who} (pod {pod.name}) cannot start: {waiting}")
+            if pod.waiting:
+                self.waiting.append((rec.index, pod))
             return None
         if pod.phase not in ("Succeeded", "Failed"):
             return None
@@ -654,11 +651,24 @@ class _TrainingReconcile(ConditionWriter):
         st.phase = Phase.RUNNING
         self._condition_false_if_present("Restarting", "Restarted", "every restarted worker has a new pod")
         done = sum(1 for w in st.workers if w.phase == WPhase.SUCCEEDED)
-        waiting = "".join(f"; {w}" for w in self.waiting)
+        waiting = self._waiting_words()
         if st.select is not None:
             self._condition("Running", "True", "Selecting", f"the select-and-refit step runs{waiting}")
         else:
             self._condition("Running", "True", "WorkersRunning", f"{done}/{self.workers} workers succeeded{waiting}")
+
+    def _waiting_words(self) -> str:
+        """What the Running condition adds about pods that cannot start, once it is due."""
+        due, later = waiting_due((pod for _, pod in self.waiting), self.now)
+        if later is not None:
+            self.requeue.append(later)
+        if not due:
+            return ""
+        return "".join(
+            f"; {'the select step' if index == SELECT_INDEX else f'worker {index}'} (pod {pod.name}) "
+            f"cannot start: {pod.waiting}"
+            for index, pod in self.waiting
+        )
 
     def _track_progress(self) -> None:
         """status.progress from the workers' reports (see the module docstring)."""

@@ -122,16 +122,24 @@ def test_a_pod_that_cannot_start_says_why_and_one_on_its_way_says_nothing(status
     assert observe_pod(_pod("Pending", status=status)).waiting == waiting
 
 
-@pytest.mark.parametrize("stamp, created", [
-    ("2026-12-06T10:00:00Z", 1796551200.0),
-    ("2026-12-06T10:00:00.250000+00:00", 1796551200.25),
-    (None, None),
-    ("yesterday", None),
+@pytest.mark.parametrize("meta, status, since", [
+    # The scheduler's mark: its condition's lastTransitionTime.
+    ({"creationTimestamp": "2026-12-06T09:59:58Z"},
+     {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                      "lastTransitionTime": "2026-12-06T10:00:00Z"}]}, 1796551200.0),
+    # A container that waits: since the kubelet took the pod, else since its creation.
+    ({"creationTimestamp": "2026-12-06T09:59:58Z"},
+     {"startTime": "2026-12-06T10:00:00.250000+00:00",
+      "containerStatuses": [{"state": {"waiting": {"reason": "ImagePullBackOff"}}}]}, 1796551200.25),
+    ({"creationTimestamp": "2026-12-06T10:00:00Z"},
+     {"containerStatuses": [{"state": {"waiting": {"reason": "ErrImagePull"}}}]}, 1796551200.0),
+    # Not known: said at once.
+    ({}, {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                          "lastTransitionTime": "yesterday"}]}, None),
 ])
-def test_a_pods_creation_time_is_read_as_unix_seconds(stamp, created):
-    pod = _pod("Pending")
-    pod["metadata"]["creationTimestamp"] = stamp
-    assert observe_pod(pod).created == created
+def test_a_pod_says_since_when_it_waits(meta, status, since):
+    seen = observe_pod(_pod("Pending", status=status, **meta))
+    assert seen.waiting is not None and seen.waiting_since == since
 
 
 def test_a_pipeline_child_reads_the_same_from_the_cluster_and_from_the_local_runtime():

@@ -390,10 +390,10 @@ def test_replicas_that_cannot_start_say_why_in_the_ready_condition() -> None:
     )
 
 
-def test_a_replica_that_has_only_just_been_created_is_not_said_to_wait_yet() -> None:
+def test_a_replica_that_has_only_just_begun_to_wait_is_not_said_to_wait_yet() -> None:
     s = Server(make_server(replicas=2))
     waiting = "Unschedulable: 0/1 nodes are available: 1 Insufficient memory."
-    young = pod("iris-a-1", V1, ready=False, phase="Pending", waiting=waiting, created=T0 - 2)
+    young = pod("iris-a-1", V1, ready=False, phase="Pending", waiting=waiting, waiting_since=T0 - 2)
     plan = s.reconcile([pod("iris-a-0", V1), young], V1, T0)
     assert s.cond("Ready").message == "1/2 replicas ready on model version aaaa-1"
     assert plan.requeue_after == pytest.approx(WAITING_REPORTED_AFTER_SECONDS - 2)

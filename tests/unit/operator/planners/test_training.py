@@ -102,7 +102,6 @@ class World:
                     name=meta["name"],
                     index=parse_worker_index(meta["labels"][LABEL_WORKER_INDEX]),
                     attempt=int(meta["labels"][LABEL_ATTEMPT]),
-                    created=now,
                 )
             elif isinstance(a, DeletePod) and a.name in self.pods:
                 self.set(a.name, deleting=True)
@@ -854,43 +853,68 @@ def test_a_failed_pods_everyday_conditions_are_not_in_the_words() -> None:
 def test_a_worker_that_cannot_start_says_why_in_the_running_condition_once_it_has_waited() -> None:
     w = World(make_job())
     w.reconcile(T0)
-    w.set("iris-worker-0-1", phase="Pending", waiting='ImagePullBackOff: Back-off pulling image "mlvisor:typo"')
+    w.set("iris-worker-0-1", phase="Pending", waiting='ImagePullBackOff: Back-off pulling image "mlvisor:typo"',
+          waiting_since=T0 + 0.5)
     plan = w.reconcile(T0 + 1)
     # A moment's wait is not news (it would cost a status write per pod): the planner comes back
-    # when the pod is WAITING_REPORTED_AFTER_SECONDS old.
+    # when the pod has waited WAITING_REPORTED_AFTER_SECONDS.
     assert cond(w.status, "Running").message == "0/1 workers succeeded"
-    assert plan.requeue_after == pytest.approx(WAITING_REPORTED_AFTER_SECONDS - 1)
-    plan = w.reconcile(T0 + WAITING_REPORTED_AFTER_SECONDS)
+    assert plan.requeue_after == pytest.approx(WAITING_REPORTED_AFTER_SECONDS - 0.5)
+    plan = w.reconcile(T0 + 0.5 + WAITING_REPORTED_AFTER_SECONDS)
     assert cond(w.status, "Running").message == (
         '0/1 workers succeeded; worker 0 (pod iris-worker-0-1) cannot start: ImagePullBackOff: '
         'Back-off pulling image "mlvisor:typo"'
     )
     assert plan.requeue_after is None
-    w.set("iris-worker-0-1", phase="Running", waiting=None)
+    w.set("iris-worker-0-1", phase="Running", waiting=None, waiting_since=None)
     w.reconcile(T0 + WAITING_REPORTED_AFTER_SECONDS + 1)
     assert cond(w.status, "Running").message == "0/1 workers succeeded"
 
 
 def test_workers_that_wait_together_are_said_in_one_status_write() -> None:
-    w = World(make_job(workers=2))
+    w = World(make_job(workers=3))
     w.reconcile(T0)
     before = w.status.model_dump()
-    for name in ("iris-worker-0-1", "iris-worker-1-1"):
-        w.set(name, waiting="Unschedulable: 0/1 nodes are available")
-        w.reconcile(T0 + 0.5)
+    # The scheduler marks the workers a moment apart (its timestamps are whole seconds).
+    for name, since in (("iris-worker-0-1", T0), ("iris-worker-1-1", T0 + 1)):
+        w.set(name, waiting="Unschedulable: 0/1 nodes are available", waiting_since=since)
+        w.reconcile(T0 + 1.5)
         assert w.status.model_dump() == before  # nothing to write yet
     w.reconcile(T0 + WAITING_REPORTED_AFTER_SECONDS)
     message = cond(w.status, "Running").message
     assert "worker 0 (pod iris-worker-0-1) cannot start: Unschedulable" in message
     assert "worker 1 (pod iris-worker-1-1) cannot start: Unschedulable" in message
+    assert "worker 2" not in message
+    # One that starts to wait after the others were said is said at once: the job already waits.
+    w.set("iris-worker-2-1", waiting="Unschedulable: 0/1 nodes are available",
+          waiting_since=T0 + WAITING_REPORTED_AFTER_SECONDS + 1)
+    w.reconcile(T0 + WAITING_REPORTED_AFTER_SECONDS + 1)
+    assert "worker 2 (pod iris-worker-2-1) cannot start: Unschedulable" in cond(w.status, "Running").message
 
 
-def test_a_waiting_pod_of_unknown_age_is_said_at_once() -> None:
+def test_a_waiting_pod_whose_wait_has_no_start_is_said_at_once() -> None:
     w = World(make_job())
     w.reconcile(T0)
-    w.set("iris-worker-0-1", created=None, waiting="Unschedulable: 0/1 nodes are available")
+    w.set("iris-worker-0-1", waiting="Unschedulable: 0/1 nodes are available")
     w.reconcile(T0 + 1)
     assert cond(w.status, "Running").message.endswith("cannot start: Unschedulable: 0/1 nodes are available")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.floats(min_value=-30, max_value=30), min_size=1, max_size=4), st.floats(min_value=0, max_value=30))
+def test_waiting_is_said_when_the_longest_wait_is_due_and_never_later_than_the_grace(
+        since: list[float], now: float) -> None:
+    from mlvisor.operator.planners.conditions import waiting_due
+
+    pods = [ObservedPod(name=f"p{i}", index=i, waiting="Unschedulable", waiting_since=s) for i, s in enumerate(since)]
+    due, later = waiting_due(pods, now)
+    assert due == (now - min(since) >= WAITING_REPORTED_AFTER_SECONDS)
+    if due:
+        assert later is None
+    else:
+        assert later is not None and 0 < later <= WAITING_REPORTED_AFTER_SECONDS
+        assert later == pytest.approx(min(min(since) + WAITING_REPORTED_AFTER_SECONDS - now,
+                                          WAITING_REPORTED_AFTER_SECONDS))
 
 
 # --------------------------------------------------------------------------- search progress
