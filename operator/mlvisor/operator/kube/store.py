@@ -71,7 +71,8 @@ def slim_object(body: Mapping[str, Any]) -> dict[str, Any]:
 
 _CONDITION_KEYS = ("type", "status", "reason", "message")
 _CONTAINER_KEYS = ("name", "state", "lastState", "restartCount")
-_POD_STATUS_KEYS = ("phase", "reason", "message", "podIP")
+#: startTime and a False condition's lastTransitionTime: since when a pod waits (observe._waiting).
+_POD_STATUS_KEYS = ("phase", "reason", "message", "podIP", "startTime")
 
 
 def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,7 +81,10 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     out_status: dict[str, Any] = {k: status[k] for k in _POD_STATUS_KEYS if status.get(k) is not None}
     if status.get("conditions"):
         out_status["conditions"] = [
-            {k: c[k] for k in _CONDITION_KEYS if c.get(k) is not None} for c in status["conditions"]
+            {k: c[k] for k in _CONDITION_KEYS if c.get(k) is not None}
+            | ({"lastTransitionTime": c["lastTransitionTime"]}
+               if c.get("lastTransitionTime") and str(c.get("status")) == "False" else {})
+            for c in status["conditions"]
         ]
     for key in ("initContainerStatuses", "containerStatuses"):
         if status.get(key):

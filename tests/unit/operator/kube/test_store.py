@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import orjson
+import pytest
 
 from helpers.store import store_with
 from mlvisor.operator.kube.observe import observe_deployment, observe_pod
@@ -25,9 +26,11 @@ def _job(rv: int = 1, phase: str | None = None, owner_uid: str | None = None) ->
     return body
 
 
-def _pod(name: str = "iris-worker-0-1", rv: int = 1, phase: str = "Pending", deleting: bool = False) -> dict:
+def _pod(name: str = "iris-worker-0-1", rv: int = 1, phase: str = "Pending", deleting: bool = False,
+         state: dict | None = None) -> dict:
     meta = {
         "name": name, "namespace": "ns", "uid": f"uid-{name}", "resourceVersion": str(rv),
+        "creationTimestamp": "2026-12-04T00:00:00Z",
         "labels": {"app.kubernetes.io/managed-by": "mlvisor", "mlvisor.dev/worker-index": "0", "mlvisor.dev/attempt": "1"},
         "annotations": {"mlvisor.dev/model-uri": "pvc://m/a/1/"},
         "ownerReferences": [{"apiVersion": "mlvisor.dev/v1alpha1", "kind": "TrainingJob", "name": "iris", "uid": "j1", "controller": True}],
@@ -42,22 +45,27 @@ def _pod(name: str = "iris-worker-0-1", rv: int = 1, phase: str = "Pending", del
                  "volumes": [{"name": "v", "emptyDir": {}}]},
         "status": {
             "phase": phase, "podIP": "10.0.0.7", "reason": "Evicted", "message": "The node was low on memory.",
-            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "t"},
-                           {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/1"}],
+            "startTime": "2026-12-04T00:00:02Z",
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-04T00:00:03Z"},
+                           {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/1",
+                            "lastTransitionTime": "2026-12-04T00:00:01Z"}],
             "containerStatuses": [{
                 "name": "trainer", "restartCount": 2, "image": "x", "imageID": "sha256:...",
-                "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "message": "fitting"}},
+                "state": state or {"terminated": {"exitCode": 137, "reason": "OOMKilled", "message": "fitting"}},
                 "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
             }],
         },
     }
 
 
-def test_a_slim_pod_is_observed_exactly_as_the_whole_pod() -> None:
+@pytest.mark.parametrize("state", [None, {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}}])
+def test_a_slim_pod_is_observed_exactly_as_the_whole_pod(state: dict | None) -> None:
     for phase in ("Pending", "Running", "Failed"):
-        pod = _pod(phase=phase)
+        pod = _pod(phase=phase, state=state)
         slim = slim_pod(pod)
         assert observe_pod(slim) == observe_pod(pod)
+        if phase == "Pending":  # the wait and its start are what the planners see
+            assert observe_pod(slim).waiting is not None and observe_pod(slim).waiting_since is not None
         assert _progress_url(slim) == _progress_url(pod)
         assert "managedFields" not in slim["metadata"] and "env" not in str(slim) and "volumes" not in str(slim)
     assert _progress_url(slim_pod(_pod(phase="Running"))) == "http://10.0.0.7:8081/progress"
