@@ -90,13 +90,15 @@ def waiting_due(pods: Iterable[ObservedPod], now: float) -> tuple[bool, float | 
     WAITING_REPORTED_AFTER_SECONDS, whatever the clocks of the scheduler and kubelet say.
     """
     waits = [p.waiting_since for p in pods if p.waiting]
+    known = [since for since in waits if since is not None]
     if not waits:
         return False, None
-    if any(since is None for since in waits):
+    if len(known) < len(waits):
         return True, None
-    left = min(min(w for w in waits if w is not None) + WAITING_REPORTED_AFTER_SECONDS - now,
-               WAITING_REPORTED_AFTER_SECONDS)
-    return (True, None) if left <= 0 else (False, left)
+    waited = now - min(known)
+    if waited >= WAITING_REPORTED_AFTER_SECONDS:
+        return True, None
+    return False, WAITING_REPORTED_AFTER_SECONDS - max(waited, 0.0)
 
 
 def find_condition(conditions: Sequence[api.Condition], type_: str) -> api.Condition | None:

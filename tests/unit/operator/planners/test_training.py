@@ -32,6 +32,7 @@ from mlvisor.operator.planners.conditions import (
     find_condition,
     invalid_spec_status,
     to_timestamp,
+    waiting_due,
 )
 from mlvisor.operator.planners.training import plan_training
 
@@ -900,12 +901,10 @@ def test_a_waiting_pod_whose_wait_has_no_start_is_said_at_once() -> None:
     assert cond(w.status, "Running").message.endswith("cannot start: Unschedulable: 0/1 nodes are available")
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(min_value=-30, max_value=30), min_size=1, max_size=4), st.floats(min_value=0, max_value=30))
 def test_waiting_is_said_when_the_longest_wait_is_due_and_never_later_than_the_grace(
         since: list[float], now: float) -> None:
-    from mlvisor.operator.planners.conditions import waiting_due
-
     pods = [ObservedPod(name=f"p{i}", index=i, waiting="Unschedulable", waiting_since=s) for i, s in enumerate(since)]
     due, later = waiting_due(pods, now)
     assert due == (now - min(since) >= WAITING_REPORTED_AFTER_SECONDS)
