@@ -155,6 +155,7 @@ class Controllers:
         # asked a little more often than the planner's poll period, so that its requeue always finds a due poll
         self.progress = ProgressPoller(0.8 * config.progress_poll_seconds)
         self._preflight: dict[tuple[str, bool], list[str]] = {}
+        self._judging: dict[tuple[str, bool], asyncio.Future[list[str]]] = {}
 
     async def reconcile(self, key: Any, since: float | None) -> float | None:
         kind = key[0]
@@ -248,12 +249,25 @@ class Controllers:
         TrainingJobs made 1,000 round trips to the helper (3% of the operator's samples).
         """
         key = (orjson.dumps(spec, option=orjson.OPT_SORT_KEYS, default=str).decode(), salvage)
-        if key not in self._preflight:
-            problems = await asyncio.to_thread(self.judge.judge, spec, salvage)
-            if len(self._preflight) >= PREFLIGHT_CACHE_SIZE:
-                self._preflight.pop(next(iter(self._preflight)))
-            self._preflight[key] = problems
-        return self._preflight[key]
+        if key in self._preflight:
+            return self._preflight[key]
+        # One judgement per spec in flight: a burst of copies waits for the first's answer
+        # rather than queueing a round trip each behind the judge's lock (each of them holding
+        # a thread of the default executor while it waits).
+        judging = self._judging.get(key)
+        if judging is None:
+            judging = asyncio.ensure_future(asyncio.to_thread(self.judge.judge, spec, salvage))
+            self._judging[key] = judging
+            judging.add_done_callback(lambda done: self._judged_now(key, done))
+        return await asyncio.shield(judging)
+
+    def _judged_now(self, key: tuple[str, bool], done: asyncio.Future[list[str]]) -> None:
+        del self._judging[key]
+        if done.cancelled() or done.exception() is not None:
+            return  # each waiter sees the failure; the next reconcile asks again
+        if len(self._preflight) >= PREFLIGHT_CACHE_SIZE:
+            self._preflight.pop(next(iter(self._preflight)))
+        self._preflight[key] = done.result()
 
     # ------------------------------------------------------------------ Reader: ModelServer
 

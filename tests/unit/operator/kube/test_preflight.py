@@ -145,3 +145,46 @@ def test_a_judge_that_raises_is_an_error_not_a_verdict() -> None:
             judge.judge({"dataset": "not a mapping"})
     finally:
         judge.close()
+
+
+class _CountingJudge:
+    """A judge that answers after a pause, counting its judgements; the first ``failures`` raise."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.calls = 0
+        self.failures = failures
+
+    def judge(self, spec: Any, salvage: bool = False) -> list[str]:
+        self.calls += 1
+        time.sleep(0.2)
+        if self.calls <= self.failures:
+            raise PreflightError("the pre-flight helper exited with code 1")
+        return [f"problem of {sorted(spec)}"]
+
+
+async def test_copies_of_a_spec_judged_at_once_share_one_judgement() -> None:
+    """A burst of identical jobs asks the helper once, not once per job behind its lock."""
+    import asyncio
+
+    from mlvisor.operator.kube.controllers import Controllers
+    from mlvisor.operator.plan import OperatorConfig
+
+    counting = _CountingJudge()
+    c = Controllers(kube=None, config=OperatorConfig(), metrics=None, judge=counting)  # type: ignore[arg-type]
+    answers = await asyncio.gather(*(c._judged(dict(VALID)) for _ in range(20)), c._judged(dict(TYPOS)))
+    assert counting.calls == 2
+    assert answers[:20] == [[f"problem of {sorted(VALID)}"]] * 20
+    assert await c._judged(dict(VALID)) == answers[0] and counting.calls == 2  # from the cache
+
+
+async def test_a_failed_shared_judgement_fails_every_waiter_and_the_next_reconcile_asks_again() -> None:
+    import asyncio
+
+    from mlvisor.operator.kube.controllers import Controllers
+    from mlvisor.operator.plan import OperatorConfig
+
+    counting = _CountingJudge(failures=1)
+    c = Controllers(kube=None, config=OperatorConfig(), metrics=None, judge=counting)  # type: ignore[arg-type]
+    answers = await asyncio.gather(*(c._judged(dict(VALID)) for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(a, PreflightError) for a in answers) and counting.calls == 1
+    assert await c._judged(dict(VALID)) == [f"problem of {sorted(VALID)}"] and counting.calls == 2
