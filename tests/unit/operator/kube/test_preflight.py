@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -153,11 +154,14 @@ class _CountingJudge:
     def __init__(self, failures: int = 0) -> None:
         self.calls = 0
         self.failures = failures
+        self._lock = threading.Lock()  # judgements of two specs run in two threads at once
 
     def judge(self, spec: Any, salvage: bool = False) -> list[str]:
-        self.calls += 1
+        with self._lock:
+            self.calls += 1
+            call = self.calls
         time.sleep(0.2)
-        if self.calls <= self.failures:
+        if call <= self.failures:
             raise PreflightError("the pre-flight helper exited with code 1")
         return [f"problem of {sorted(spec)}"]
 
