@@ -48,10 +48,11 @@ async def controller(namespace: str, pod: str, writes: str) -> None:
     import time as clock
 
     from mlvisor import api
-    from mlvisor.operator.builders import build_worker_pod
+    from mlvisor.operator.builders import build_worker_pod, worker_pod_name
     from mlvisor.operator.kube.adapter import PlanApplier
     from mlvisor.operator.kube.client import Kube, core_path, group_path
     from mlvisor.operator.kube.connection import connect
+    from mlvisor.operator.kube.controllers import parse_resource
     from mlvisor.operator.plan import OperatorConfig, RecordEvent
     from mlvisor.operator.planners.training import plan_training
 
@@ -63,23 +64,20 @@ async def controller(namespace: str, pod: str, writes: str) -> None:
     rv = listed["metadata"]["resourceVersion"]
     tasks: set[asyncio.Task[Any]] = set()
 
-    def body(obj: dict[str, Any], index: int) -> dict[str, Any]:
+    def body(obj: dict[str, Any], job: api.TrainingJob, index: int) -> dict[str, Any]:
         meta = obj["metadata"]
         if pod == "worker":
-            job = api.TrainingJob.model_validate(obj)
             return build_worker_pod(job, index, 1, f"{meta['uid'][:8]}-1", settings, workers=2)
         manifest = bench.job("x")["spec"]["template"]
         return {"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": f"{meta['name']}-worker-{index}-1",
+            "name": worker_pod_name(job, index, 1),
             "ownerReferences": [{"apiVersion": obj["apiVersion"], "kind": "TrainingJob", "name": meta["name"],
                                  "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}]},
             "spec": manifest["spec"]}
 
     applier = PlanApplier(kube)
 
-    async def plan_and_apply(obj: dict[str, Any]) -> None:
-        job = api.TrainingJob.model_validate({k: obj[k] for k in ("apiVersion", "kind", "spec")} | {
-            "metadata": {k: obj["metadata"][k] for k in ("name", "namespace", "uid", "generation")}})
+    async def plan_and_apply(obj: dict[str, Any], job: api.TrainingJob) -> None:
         plan = plan_training(job, [], clock.time(), settings, preflight=[])
         if writes == "status":  # the plan without its Event
             plan = dataclasses.replace(plan, actions=tuple(a for a in plan.actions if not isinstance(a, RecordEvent)))
@@ -92,7 +90,10 @@ async def controller(namespace: str, pod: str, writes: str) -> None:
             rv = obj["metadata"]["resourceVersion"]
             if event["type"] != "ADDED":
                 continue
-            work = [plan_and_apply(obj)] if writes != "pods" else [kube.create(pods, body(obj, i)) for i in range(2)]
+            job, problem = parse_resource(api.TrainingJob, obj)  # as the operator parses it
+            assert job is not None, problem
+            work = ([plan_and_apply(obj, job)] if writes != "pods"
+                    else [kube.create(pods, body(obj, job, i)) for i in range(2)])
             for one in work:
                 task = asyncio.create_task(one)
                 tasks.add(task)

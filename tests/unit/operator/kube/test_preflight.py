@@ -9,6 +9,7 @@ valid parts of specs that do not (``salvage``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -20,7 +21,9 @@ from typing import Any
 import pytest
 
 from mlvisor import api
+from mlvisor.operator.kube.controllers import Controllers
 from mlvisor.operator.kube.preflight import PreflightError, PreflightJudge
+from mlvisor.operator.plan import OperatorConfig
 
 HEAVY = ("sklearn", "numpy", "pandas", "scipy")
 
@@ -166,15 +169,14 @@ class _CountingJudge:
         return [f"problem of {sorted(spec)}"]
 
 
+def _controllers(judge: _CountingJudge) -> Controllers:
+    return Controllers(kube=None, config=OperatorConfig(), metrics=None, judge=judge)  # type: ignore[arg-type]
+
+
 async def test_copies_of_a_spec_judged_at_once_share_one_judgement() -> None:
     """A burst of identical jobs asks the helper once, not once per job behind its lock."""
-    import asyncio
-
-    from mlvisor.operator.kube.controllers import Controllers
-    from mlvisor.operator.plan import OperatorConfig
-
     counting = _CountingJudge()
-    c = Controllers(kube=None, config=OperatorConfig(), metrics=None, judge=counting)  # type: ignore[arg-type]
+    c = _controllers(counting)
     answers = await asyncio.gather(*(c._judged(dict(VALID)) for _ in range(20)), c._judged(dict(TYPOS)))
     assert counting.calls == 2
     assert answers[:20] == [[f"problem of {sorted(VALID)}"]] * 20
@@ -182,13 +184,8 @@ async def test_copies_of_a_spec_judged_at_once_share_one_judgement() -> None:
 
 
 async def test_a_failed_shared_judgement_fails_every_waiter_and_the_next_reconcile_asks_again() -> None:
-    import asyncio
-
-    from mlvisor.operator.kube.controllers import Controllers
-    from mlvisor.operator.plan import OperatorConfig
-
     counting = _CountingJudge(failures=1)
-    c = Controllers(kube=None, config=OperatorConfig(), metrics=None, judge=counting)  # type: ignore[arg-type]
+    c = _controllers(counting)
     answers = await asyncio.gather(*(c._judged(dict(VALID)) for _ in range(5)), return_exceptions=True)
     assert all(isinstance(a, PreflightError) for a in answers) and counting.calls == 1
     assert await c._judged(dict(VALID)) == [f"problem of {sorted(VALID)}"] and counting.calls == 2
