@@ -73,14 +73,20 @@ class _Fields:
     """A model's raw input as a :class:`Rule` reads it: by camelCase (wire) or snake_case
     (Python) name, with the field's default for what is absent."""
 
+    _names: ClassVar[dict[type[BaseModel], dict[str, tuple[str, Any]]]] = {}
+    """Per model: each field by its Python and its wire name (looked up for every rule of every parse)."""
+
     def __init__(self, model: type[BaseModel], data: Mapping[str, Any]):
         self._model, self._data = model, data
 
     def _field(self, name: str) -> tuple[str, Any]:
-        for field_name, info in self._model.model_fields.items():
-            if name in (field_name, info.alias):
-                return field_name, info
-        raise KeyError(name)
+        names = self._names.get(self._model)
+        if names is None:
+            names = {}
+            for field_name, info in self._model.model_fields.items():
+                names[field_name] = names[info.alias or field_name] = (field_name, info)
+            self._names[self._model] = names
+        return names[name]
 
     def has(self, name: str) -> bool:
         """Given and not null, as CEL's has() sees it."""
@@ -178,6 +184,29 @@ class Model(BaseModel):
     )
 
     __rules__: ClassVar[tuple[Rule, ...]] = ()
+    """Rules across fields; only a :class:`Ruled` model has any."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("__rules__") and not issubclass(cls, Ruled):
+            raise TypeError(f"{cls.__name__} has __rules__: derive it from Ruled, whose validator judges them")
+
+    def clone(self) -> Self:
+        """A deep copy made by value (dumped and validated again): what a planner changes of it
+        reaches nothing else. 2.8 times as fast as ``model_copy(deep=True)``, whose
+        ``copy.deepcopy`` walk was 70% of a TrainingJob's plan (bench/README.md, "What the rest costs")."""
+        return type(self).model_validate(self.model_dump())
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-ready dict with camelCase keys and unset optional fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class Ruled(Model):
+    """A :class:`Model` with rules across its fields (``__rules__``), judged with its fields' own
+    problems. Only these models carry the Python validator that judges them: on every model
+    it was a Python call per nested object of every parse, a fifth of the operator's CPU for
+    its own code (bench/README.md, "The operator's own CPU")."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -197,16 +226,6 @@ class Model(BaseModel):
             loc = tuple(rule.field_path.lstrip(".").split(".")) if rule.field_path else ()
             errors.append({"type": PydanticCustomError("rule", rule.message), "loc": loc, "input": data})
         raise ValidationError.from_exception_data(cls.__name__, errors)
-
-    def clone(self) -> Self:
-        """A deep copy made by value (dumped and validated again): what a planner changes of it
-        reaches nothing else. 2.8 times as fast as ``model_copy(deep=True)``, whose
-        ``copy.deepcopy`` walk was 70% of a TrainingJob's plan (bench/README.md, "What the rest costs")."""
-        return type(self).model_validate(self.model_dump())
-
-    def to_wire(self) -> dict[str, Any]:
-        """The JSON-ready dict with camelCase keys and unset optional fields left out."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -273,7 +292,7 @@ class ResourceRequirements(Model):
     """Minimum resources the scheduler reserves, e.g. {cpu: 250m, memory: 256Mi}."""
 
 
-class Backoff(Model):
+class Backoff(Ruled):
     """Delay before restart n (n = restarts in the window): min(initialSeconds * factor^(n-1), maxSeconds)."""
 
     __rules__ = (
@@ -292,7 +311,7 @@ class Backoff(Model):
     """Upper bound of the delay, in seconds."""
 
 
-class FailurePolicyRule(Model):
+class FailurePolicyRule(Ruled):
     """One failure classification rule: exactly one of onExitCodes, onReasons, onPodConditions."""
 
     __rules__ = (
@@ -401,7 +420,7 @@ class BuiltinDataset(enum.StrEnum):
     DIABETES = "diabetes"
 
 
-class CsvDataset(Model):
+class CsvDataset(Ruled):
     """A CSV file with a header row on a volume (the same as uri: pvc://<volumeClaim>/<path> with target)."""
 
     __rules__ = (
@@ -452,7 +471,7 @@ class Encoding(enum.StrEnum):
 ColumnName = Annotated[str, Field(min_length=1, max_length=256)]
 
 
-class Features(Model):
+class Features(Ruled):
     """Which columns of a table are features, and which of them are categories."""
 
     __rules__ = (
@@ -497,7 +516,7 @@ def _uri_traverses(uri: str) -> bool:
     return "/../" in uri or uri.endswith("/..")
 
 
-class Dataset(Model):
+class Dataset(Ruled):
     """Where the training data comes from: exactly one of builtin, csv or uri."""
 
     __rules__ = (
@@ -576,7 +595,7 @@ class SearchMethod(enum.StrEnum):
     BAYESIAN = "Bayesian"
 
 
-class Bounds(Model):
+class Bounds(Ruled):
     """A range of real numbers, low to high."""
 
     __rules__ = (
@@ -604,7 +623,7 @@ class LogBounds(Bounds):
     """Largest value (Random draws from [low, high), as scipy.stats.loguniform; Bayesian from [low, high])."""
 
 
-class IntBounds(Model):
+class IntBounds(Ruled):
     """Integers from low to high - 1: high is exclusive, as in scipy.stats.randint."""
 
     __rules__ = (
@@ -622,7 +641,7 @@ class IntBounds(Model):
     """One more than the largest integer drawn (exclusive, as scipy.stats.randint)."""
 
 
-class Distribution(Model):
+class Distribution(Ruled):
     """Where one parameter's values come from in a Random or Bayesian search: exactly one of choice, uniform, loguniform, randint."""
 
     __rules__ = (
@@ -664,7 +683,7 @@ class EarlyStopping(Model):
     """SuccessiveHalving: the fraction 1/reductionFactor of trials kept at each rung, and the growth of the rungs' fold counts."""
 
 
-class Search(Model):
+class Search(Ruled):
     """Hyperparameter search, its trials spread over the workers: Grid (every combination of grid), Random (nTrials draws from distributions) or Bayesian (nTrials trials chosen by Optuna's TPE)."""
 
     __rules__ = (
@@ -738,7 +757,7 @@ def _min_folds(early_stopping: Any) -> int:
     return int(early_stopping.min_folds)
 
 
-class OutputSpec(Model):
+class OutputSpec(Ruled):
     """Where artifacts are written: a PersistentVolumeClaim, or an object store (uri)."""
 
     __rules__ = (
@@ -786,7 +805,7 @@ def immutable_field_message(field: str) -> str:
     return f"spec.{field} is immutable: create a new TrainingJob to train differently"
 
 
-class TrainingJobSpec(Model):
+class TrainingJobSpec(Ruled):
     """Desired state of a TrainingJob."""
 
     __rules__ = (
@@ -988,7 +1007,7 @@ class TrainingJobRef(Model):
     """Name of the TrainingJob whose status.model is served."""
 
 
-class ModelSource(Model):
+class ModelSource(Ruled):
     """What to serve: exactly one of trainingJobRef or uri."""
 
     __rules__ = (
@@ -1033,7 +1052,7 @@ class ServiceType(enum.StrEnum):
     LOAD_BALANCER = "LoadBalancer"
 
 
-class ServiceSpec(Model):
+class ServiceSpec(Ruled):
     """The Service in front of the server pods: V2 REST on port, V2 gRPC on grpcPort."""
 
     __rules__ = (
