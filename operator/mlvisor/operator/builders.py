@@ -364,6 +364,11 @@ def output_dir(job: api.TrainingJob, config: OperatorConfig) -> str:
     return f"{config.models_mount}/{job.metadata.namespace}/{job.metadata.name}"
 
 
+def spec_json(spec: api.TrainingJobSpec) -> str:
+    """The spec as workers receive it (``MLVISOR_SPEC``): its wire form, keys sorted, no spaces."""
+    return json.dumps(spec.to_wire(), sort_keys=True, separators=(",", ":"))
+
+
 def build_worker_pod(
     job: api.TrainingJob,
     index: int,
@@ -372,6 +377,7 @@ def build_worker_pod(
     config: OperatorConfig,
     *,
     workers: int | None = None,
+    spec_text: str | None = None,
 ) -> dict[str, Any]:
     """The Pod running worker ``index`` (or the select step, SELECT_INDEX) at ``attempt``.
 
@@ -383,6 +389,8 @@ def build_worker_pod(
     and ``MLVISOR_CPUS``, the CPUs its pod is given (the downward API's resourceFieldRef of its
     CPU limit, else its request, rounded up to whole CPUs), which it uses to cross-validate
     that many folds at once.
+
+    ``spec_text``: :func:`spec_json` of the job's spec, when the caller has it already.
     """
     spec = job.spec
     owner = owner_of(job)
@@ -397,7 +405,7 @@ def build_worker_pod(
     volumes: list[dict[str, Any]] = [_tmp_volume()]
     mounts: list[dict[str, Any]] = [{"name": _TMP_VOLUME, "mountPath": _TMP_MOUNT}]
     env = [
-        ("MLVISOR_SPEC", json.dumps(spec.to_wire(), sort_keys=True, separators=(",", ":"))),
+        ("MLVISOR_SPEC", spec_text if spec_text is not None else spec_json(spec)),
         ("MLVISOR_MODEL_NAME", job.metadata.name),
         ("MLVISOR_MODEL_VERSION", version),
     ]

@@ -56,6 +56,8 @@ class Applied:
     deleted: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     status_written: bool = False
+    status: dict[str, Any] | None = None
+    """The status the plan asked for, in its wire form (made once: the metrics read it too)."""
     first_write_at: float | None = None
     """time.monotonic() of the first successful write."""
 
@@ -124,7 +126,8 @@ class PlanApplier:
             if not isinstance(action, p.RecordEvent):
                 await self.apply_action(body, action, applied)
         if plan.status is not None:
-            await self.write_status(body, plan.status.to_wire(), applied)
+            applied.status = plan.status.to_wire()
+            await self.write_status(body, applied.status, applied)
         for event in events:
             await self.apply_action(body, event, applied)
         return applied

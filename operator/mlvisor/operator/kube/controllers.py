@@ -337,7 +337,7 @@ class Controllers:
         if plan.status is None or not applied.status_written:
             return
         old = body.get("status") or {}
-        new = plan.status.to_wire()
+        new = applied.status if applied.status is not None else plan.status.to_wire()
         old_total = int(((old.get("supervision") or {}).get("totalRestarts")) or 0)
         new_total = int(((new.get("supervision") or {}).get("totalRestarts")) or 0)
         if new_total > old_total:

@@ -52,6 +52,7 @@ Decisions this module makes (the docs were silent):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -60,7 +61,7 @@ from dataclasses import dataclass, field
 from mlvisor import api
 from mlvisor.api.exits import TerminationSummary
 from mlvisor.api.progress import ProgressReport, TrialBrief, merge_top
-from mlvisor.operator.builders import build_worker_pod, memory_limit, model_uri_for, worker_pod_name
+from mlvisor.operator.builders import build_worker_pod, memory_limit, model_uri_for, spec_json, worker_pod_name
 from mlvisor.operator.plan import (
     SELECT_INDEX,
     Action,
@@ -141,8 +142,10 @@ def run_spec_hash(spec: api.TrainingJobSpec) -> str:
     return hashlib.sha256(json.dumps(wire, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def check_training_spec(job: api.TrainingJob, config: OperatorConfig) -> list[str]:
-    """What is wrong with a spec that parsed but that only the operator can judge (empty: fine)."""
+def check_training_spec(job: api.TrainingJob, config: OperatorConfig, spec_text: str | None = None) -> list[str]:
+    """What is wrong with a spec that parsed but that only the operator can judge (empty: fine).
+
+    ``spec_text``: :func:`~mlvisor.operator.builders.spec_json` of the spec, if the caller has it."""
     problems = []
     trials = search_trials(job.spec)
     if trials > MAX_SEARCH_TRIALS:
@@ -150,7 +153,7 @@ def check_training_spec(job: api.TrainingJob, config: OperatorConfig) -> list[st
             f"spec.search.grid has {trials} parameter combinations; at most {MAX_SEARCH_TRIALS} "
             "are allowed: remove values or parameters from the grid, or use method Random with nTrials"
         )
-    size = len(json.dumps(job.spec.to_wire(), separators=(",", ":")))
+    size = len(spec_text if spec_text is not None else spec_json(job.spec))
     if size > MAX_SPEC_BYTES:
         problems.append(
             f"spec is {size} bytes when serialised; at most {MAX_SPEC_BYTES} are allowed because "
@@ -208,6 +211,12 @@ class _TrainingReconcile(ConditionWriter):
         self.generation = self.job.metadata.generation
         self.workers = effective_workers(self.spec)
 
+    @functools.cached_property
+    def spec_text(self) -> str:
+        """The spec as workers receive it, made once per reconcile: its size is checked in every
+        one, and each pod a reconcile creates carries it (it was made anew each time)."""
+        return spec_json(self.spec)
+
     # ------------------------------------------------------------------ main flow
 
     def run(self) -> Plan:
@@ -218,7 +227,7 @@ class _TrainingReconcile(ConditionWriter):
             self._finished()
             return self._plan()
 
-        problems = check_training_spec(self.job, self.config)
+        problems = check_training_spec(self.job, self.config, self.spec_text)
         if st.version is None:
             problems += list(self.preflight)
         if problems:
@@ -382,7 +391,8 @@ class _TrainingReconcile(ConditionWriter):
         self.actions.append(
             CreatePod(
                 manifest=build_worker_pod(
-                    self.job, rec.index, attempt, self.status.version, self.config, workers=self.workers
+                    self.job, rec.index, attempt, self.status.version, self.config, workers=self.workers,
+                    spec_text=self.spec_text,
                 )
             )
         )
