@@ -50,7 +50,7 @@ async def controller(namespace: str, pod: str, writes: str) -> None:
     from mlvisor import api
     from mlvisor.operator.builders import build_worker_pod, worker_pod_name
     from mlvisor.operator.kube.adapter import PlanApplier
-    from mlvisor.operator.kube.client import Kube, core_path, group_path
+    from mlvisor.operator.kube.client import ApiError, Kube, core_path, group_path
     from mlvisor.operator.kube.connection import connect
     from mlvisor.operator.kube.controllers import parse_resource
     from mlvisor.operator.plan import OperatorConfig, RecordEvent
@@ -60,7 +60,14 @@ async def controller(namespace: str, pod: str, writes: str) -> None:
     settings = OperatorConfig()
     jobs = group_path("mlvisor.dev", "v1alpha1", "trainingjobs", namespace)
     pods = core_path("pods", namespace)
-    listed = await kube.request("GET", jobs, verb="LIST")
+    for attempt in range(30):  # a plane whose CRDs were just applied answers 429 for a few seconds
+        try:
+            listed = await kube.request("GET", jobs, verb="LIST")
+            break
+        except ApiError as e:
+            if e.status != 429 or attempt == 29:
+                raise
+            await asyncio.sleep(1.0)
     rv = listed["metadata"]["resourceVersion"]
     tasks: set[asyncio.Task[Any]] = set()
 
