@@ -82,7 +82,6 @@ class Informer:
         *,
         server_timeout: int = 300,
         client_timeout: float = 330.0,
-        page_size: int | None = None,
     ) -> None:
         self.kube = kube
         self.kind = kind
@@ -90,8 +89,6 @@ class Informer:
         self.on_event = on_event
         self.server_timeout = max(1, int(server_timeout))
         self.client_timeout = client_timeout
-        self.page_size = page_size
-        """Objects per list page; None (the default): one list, see :meth:`_list`."""
         self.synced = asyncio.Event()
         self.resource_version: str | None = None
         self._known: dict[tuple[str, str], str] = {}
@@ -141,37 +138,20 @@ class Informer:
         # with it. The answer is decoded an item at a time as it arrives (client.ListDecoder),
         # so one list of 21,000 pods costs no more memory than a page did.
         query: dict[str, str] = {}
-        if self.page_size:
-            query["limit"] = str(self.page_size)
         selector = self.kind.selector()
         if selector:
             query["labelSelector"] = selector
         seen: set[tuple[str, str]] = set()
-        version = None
-        while True:
-            metadata: dict[str, Any] = {}
-            try:
-                async for body in self.kube.list_items(path, query, metadata):
-                    body.setdefault("kind", self.kind.kind)
-                    if not self.kind.selects(body):
-                        continue
-                    meta = body.get("metadata") or {}
-                    key = (str(meta.get("namespace") or ""), str(meta.get("name")))
-                    seen.add(key)
-                    self._hand_over("MODIFIED" if key in self._known else "ADDED", body)
-            except ApiError as e:
-                if e.status == 410 and "continue" in query:  # the continue token expired: one whole list
-                    query.pop("continue")
-                    query.pop("limit", None)
-                    seen.clear()
-                    continue
-                raise
-            version = version or metadata.get("resourceVersion")
-            token = metadata.get("continue")
-            if not token:
-                break
-            query["continue"] = str(token)
-            query.pop("resourceVersion", None)  # a continued list may not name one: the token holds it
+        metadata: dict[str, Any] = {}
+        async for body in self.kube.list_items(path, query, metadata):
+            body.setdefault("kind", self.kind.kind)
+            if not self.kind.selects(body):
+                continue
+            meta = body.get("metadata") or {}
+            key = (str(meta.get("namespace") or ""), str(meta.get("name")))
+            seen.add(key)
+            self._hand_over("MODIFIED" if key in self._known else "ADDED", body)
+        version = metadata.get("resourceVersion")
         for key in [k for k in self._known if k not in seen]:  # deleted while we were not watching
             namespace, name = key
             self._hand_over("DELETED", {"kind": self.kind.kind, "metadata": {

@@ -1,8 +1,9 @@
 """The operator's list-then-watch (kube/informer.py) against a small API server of the test's (aiohttp.web).
 
-The server keeps objects with increasing resourceVersions, pages its lists when asked (``limit`` /
-``continue``), streams watch events from a resourceVersion, and can be told to answer a watch
-410 Gone or end it: what the real API server does, reduced to what the informer relies on.
+The server keeps objects with increasing resourceVersions, answers a list whole (the informer
+asks for one consistent list, never for pages), streams watch events from a resourceVersion, and
+can be told to answer a watch 410 Gone or end it: what the real API server does, reduced to what
+the informer relies on.
 The cluster tier and bench/operator.py run the same informers against the real API server.
 """
 
@@ -12,7 +13,6 @@ import asyncio
 from typing import Any
 
 import orjson
-import pytest
 from aiohttp import web
 from unit.operator.kube.test_client import configuration, serve
 
@@ -57,20 +57,10 @@ class FakeApi:
         if query.get("watch") == "true":
             return await self.watch(request, query)
         self.lists.append(query)
-        if "continue" in query and "resourceVersion" in query:  # as the API server refuses it
-            return web.json_response({"kind": "Status", "code": 400, "message": "specifying resource version is "
-                                      "not allowed when using continue"}, status=400)
-        names = sorted(self.objects)
-        start = int(query.get("continue") or 0)
-        # resourceVersion 0: the watch cache's answer, whole (it ignores limit)
-        limit = len(names) or 1 if query.get("resourceVersion") == "0" else int(query.get("limit") or len(names) or 1)
-        page = names[start:start + limit]
         meta: dict[str, Any] = {"resourceVersion": str(self.rv)}
-        if start + limit < len(names):
-            meta["continue"] = str(start + limit)
         # the list's metadata after its items, as the API server writes custom resources' lists
-        body = orjson.dumps({"apiVersion": "v1", "items": [self.objects[n] for n in page], "kind": "PodList",
-                             "metadata": meta})
+        body = orjson.dumps({"apiVersion": "v1", "items": [self.objects[n] for n in sorted(self.objects)],
+                             "kind": "PodList", "metadata": meta})
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         for i in range(0, len(body), 7):  # in small pieces: items are decoded across them
@@ -110,7 +100,7 @@ async def until(check: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def run(scenario: Any, page_size: int | None = None) -> Any:
+def run(scenario: Any) -> Any:
     async def main() -> Any:
         api = FakeApi()
         runner, port = await serve(api.handle)
@@ -118,7 +108,7 @@ def run(scenario: Any, page_size: int | None = None) -> Any:
         seen: list[tuple[str, str, str]] = []
         informer = Informer(kube, PODS, "ml", lambda t, b: seen.append((t, b["metadata"]["name"],
                                                                        b["metadata"].get("resourceVersion", ""))),
-                            page_size=page_size, server_timeout=1, client_timeout=5)
+                            server_timeout=1, client_timeout=5)
         try:
             return await scenario(api, informer, seen)
         finally:
@@ -131,17 +121,11 @@ def run(scenario: Any, page_size: int | None = None) -> Any:
 SELECTED = {"labelSelector": "app=mine"}
 
 
-@pytest.mark.parametrize(("page_size", "lists"), [
-    # The default: no resourceVersion (a consistent read, which the API server answers from its
-    # watch cache once that has caught up) and no limit (pages after the first come from etcd).
-    (None, [SELECTED]),
-    # Given a page size: the newest state in pages, each continued by the token alone.
-    (2, [{**SELECTED, "limit": "2"}, {**SELECTED, "limit": "2", "continue": "2"},
-         {**SELECTED, "limit": "2", "continue": "4"}]),
-])
-def test_it_lists_the_newest_state_before_it_is_synced_then_watches_from_its_version(
-    page_size: int | None, lists: list[dict[str, str]]
-) -> None:
+def test_it_lists_the_newest_state_before_it_is_synced_then_watches_from_its_version() -> None:
+    # No resourceVersion (a consistent read, which the API server answers from its watch cache
+    # once that has caught up) and no limit (pages after the first come from etcd).
+    lists = [SELECTED]
+
     async def scenario(api: FakeApi, informer: Informer, seen: list[Any]) -> None:
         for i in range(5):
             await api.write("ADDED", pod(f"p{i}", 0))
@@ -155,7 +139,7 @@ def test_it_lists_the_newest_state_before_it_is_synced_then_watches_from_its_ver
         assert api.watches[0]["resourceVersion"] == "5" and api.watches[0]["allowWatchBookmarks"] == "true"
         task.cancel()
 
-    run(scenario, page_size=page_size)
+    run(scenario)
 
 
 def test_a_watch_the_server_ends_is_reopened_from_the_last_version_seen_and_nothing_is_repeated() -> None:
