@@ -53,8 +53,7 @@ class Metrics:
         self.watch_events = Counter(
             "mlvisor_watch_events",
             "Watch events by object kind and what became of them: queued (a reconcile), "
-            "unchanged (nothing a reconcile reads changed: dropped, no API call), echo (exactly the "
-            "operator's own write: the resource that wrote it is not reconciled again for it).",
+            "unchanged (nothing a reconcile reads changed: dropped, no API call).",
             ["kind", "result"],
             registry=self.registry,
         )

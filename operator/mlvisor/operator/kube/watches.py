@@ -15,15 +15,6 @@ resource is queued for a level-triggered reconcile (``controllers.py``):
 - a TrainingJob whose model version or phase changed -> reconcile the ModelServers that
   reference it (the store files ModelServers by the job they name).
 
-An event that shows exactly a write the operator made (the resourceVersion of the write's
-answer: a pod it created, a status it wrote) queues no reconcile of the resource whose reconcile
-wrote it: that reconcile planned on the state the event shows, and its store already holds the
-write (``Store.written_by``); it would plan the same again. Others still hear of it (the
-pipeline of a job whose status changed, a job a pipeline created). Counted as
-``result="echo"``. controller-runtime operators get the same saving for status echoes from a
-generation-changed predicate, which also drops everyone else's status changes; this drops only
-the operator's own.
-
 An event that changes nothing a reconcile reads (an annotation, the timestamps of the
 scheduler's repeated Unschedulable condition on a pending pod) queues nothing: ``predicates.py`` keeps a hash of what the
 reconcilers read of each object and drops events that leave it unchanged, so such a no-op
@@ -82,8 +73,6 @@ class Router:
         self.live = False
         """False until every informer has synced: events then only fill the store."""
         self._model_versions: dict[tuple[str, str], Any] = {}
-        self._echo: tuple[str, str, str] | None = None
-        """Whose own write the event being routed shows (:meth:`Store.written_by`), if any."""
 
     def __call__(self, type: str, body: dict[str, Any]) -> None:
         kind = str(body.get("kind") or "")
@@ -95,8 +84,6 @@ class Router:
         owner = pod_owner(body) if kind == "Pod" else None
         if kind == "Pod" and owner is None:
             owner = self.store.pod_owner_of(namespace, name)
-        # The echo of the operator's own write (read before the store forgets the write).
-        self._echo = None if deleted else self.store.written_by(body)
         if deleted:
             self.store.drop(body)
         else:
@@ -106,26 +93,21 @@ class Router:
         if kind == "Deployment":
             ref = controller_ref(body)
             if self.live and ref is not None and ref.get("kind") == SERVING:
-                self._trigger((SERVING, namespace, str(ref["name"])))
+                self.queue.trigger((SERVING, namespace, str(ref["name"])))
             return
         projection = pod_projection(body) if kind == "Pod" else resource_projection(body)
         changed = self.changes.changed(body, projection, deleted=deleted)
-        self.metrics.watch_events.labels(kind, ("echo" if self._echo else "queued") if changed else "unchanged").inc()
+        self.metrics.watch_events.labels(kind, "queued" if changed else "unchanged").inc()
         if kind == TRAINING:
             self._job_changed(namespace, name, body, deleted)
         if not changed or not self.live:
             return
         if kind == "Pod":
             if owner is not None:
-                self._trigger((owner[0], namespace, owner[1]))
+                self.queue.trigger((owner[0], namespace, owner[1]))
             return
-        self._trigger((kind, namespace, name))
+        self.queue.trigger((kind, namespace, name))
         self._trigger_pipeline(namespace, body)
-
-    def _trigger(self, key: tuple[str, str, str]) -> None:
-        """Queue a reconcile of ``key``, unless the event is the echo of that resource's own write."""
-        if key != self._echo:
-            self.queue.trigger(key)
 
     def _job_changed(self, namespace: str, name: str, body: dict[str, Any], deleted: bool) -> None:
         """Servers care about a new model version, and about the job appearing, failing or going
@@ -141,13 +123,13 @@ class Router:
             self._model_versions[key] = what
         if self.live:
             for server in self.store.servers_of_job(namespace, name):
-                self._trigger((SERVING, namespace, server))
+                self.queue.trigger((SERVING, namespace, server))
 
     def _trigger_pipeline(self, namespace: str, body: dict[str, Any]) -> None:
         """A pipeline's child changed: its pipeline reconciles too (controller ownerReference)."""
         ref = controller_ref(body)
         if ref is not None and ref.get("kind") == PIPELINE and str(ref.get("apiVersion", "")).startswith(api.GROUP):
-            self._trigger((PIPELINE, namespace, str(ref["name"])))
+            self.queue.trigger((PIPELINE, namespace, str(ref["name"])))
 
     def go_live(self) -> int:
         """Every informer has synced: from now on events queue reconciles, and every resource
