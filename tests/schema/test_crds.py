@@ -343,3 +343,16 @@ def test_a_bad_quantity_is_named_once_with_what_was_given() -> None:
     (line,) = [p for p in e.value.problems if "cpu" in p]
     assert line.endswith("spec.resources.limits.cpu: expected a non-negative Kubernetes quantity such as 500m, 2, "
                          "1.5 or 256Mi (got 'one')"), line
+
+
+def test_only_ruled_models_judge_rules_and_a_model_with_rules_must_be_one() -> None:
+    from mlvisor.api.resources import Model, Rule, Ruled
+
+    ruled = [cls for cls in vars(api.resources).values()
+             if isinstance(cls, type) and issubclass(cls, Model) and cls.__dict__.get("__rules__")]
+    assert ruled and all(issubclass(cls, Ruled) for cls in ruled)
+    assert "_judge_rules" not in dir(api.TrainingJobStatus) and "_judge_rules" in dir(api.TrainingJobSpec)
+    with pytest.raises(TypeError, match="derive it from Ruled"):
+        class Unjudged(Model):  # its rule would never be judged
+            __rules__ = (Rule("self.a > 0", "a must be positive", lambda f: f.get("a") > 0),)
+            a: int = 1
