@@ -20,8 +20,15 @@ What it leaves out: HTTP and TLS (aiohttp, the informers' reading of the stream)
 pre-flight helper (a stand-in answers "no problems"; the operator judges one spec once either
 way). So its figure is the part of the operator's CPU that is its own code. It reports the
 process's CPU time from the first job to the moment every pod exists and the queue is idle,
-per job, with the reconciles, requests and status writes per job. ``--profile`` adds a cProfile
-of one run (bench/results/operator-cpu-<N>.pstats.txt). bench/README.md, "The operator's own CPU".
+per job, with the reconciles, requests and status writes per job, after a first run that is
+not counted (it pays for what the operator imports lazily). Separate invocations still differ
+by up to 20% on these machines: compare versions in alternating invocations
+(``PYTHONPATH=<checkout>/operator`` for the other one).
+
+``--profile`` adds a cProfile of one run (bench/results/operator-cpu-<N>.pstats.txt). Its cost
+per Python call overstates small functions (it put the rule validator at a fifth of the run,
+which removing it did not save); ``py-spy record -- .venv/bin/python -P bench/operator_cpu.py``
+samples without that. bench/README.md, "Echoes (tried, reverted), and the operator's own CPU".
 """
 
 from __future__ import annotations
