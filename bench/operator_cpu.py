@@ -42,6 +42,7 @@ if sys.path and sys.path[0] == __file__.rpartition("/")[0]:
 import argparse
 import asyncio
 import cProfile
+import importlib.util
 import io
 import itertools
 import json
@@ -57,25 +58,18 @@ import orjson
 
 from mlvisor.operator.kube.client import ApiError
 
-RESULTS = Path(__file__).resolve().parent / "results"
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+# bench/operator.py's TrainingJob (a grid search over two workers, replaced at once on failure),
+# loaded by path as bench/ceiling.py does: this folder's operator.py is not an importable module.
+_spec = importlib.util.spec_from_file_location("bench_operator", HERE / "operator.py")
+assert _spec is not None and _spec.loader is not None
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
 NAMESPACE = "bench"
 _PATH = re.compile(r"^/apis?/(?:[^/]+/)?[^/]+/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>status))?$")
 KINDS = {"pods": "Pod", "events": "Event", "trainingjobs": "TrainingJob", "deployments": "Deployment",
          "services": "Service", "modelservers": "ModelServer", "modelpipelines": "ModelPipeline"}
-
-
-def training_job(name: str) -> dict[str, Any]:
-    """bench/operator.py's TrainingJob: a grid search over two workers, replaced at once on failure."""
-    return {
-        "apiVersion": "mlvisor.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
-        "spec": {
-            "dataset": {"builtin": "iris"},
-            "estimator": {"class": "sklearn.ensemble.RandomForestClassifier", "params": {"random_state": 0}},
-            "search": {"grid": {"max_depth": [2, 4, 8], "n_estimators": [20, 50]}, "cv": 3, "scoring": "accuracy"},
-            "workers": 2,
-            "supervision": {"backoff": {"initialSeconds": 0}, "maxRestarts": 100, "periodSeconds": 60},
-        },
-    }
 
 
 def _stamp(at: float) -> str:
@@ -192,12 +186,10 @@ async def run_once(n: int, rate: float, schedule_after: float, workers: int) -> 
     from mlvisor.operator.plan import OperatorConfig
 
     metrics, store = Metrics(), Store()
-    api_holder: list[ApiServer] = []
     controllers = Controllers(None, OperatorConfig(), metrics, judge=_NoProblems(), store=store)  # type: ignore[arg-type]
     queue = WorkQueue(controllers.reconcile, retryable=retry_delay, workers=workers)
     router = Router(store, queue, metrics)
     api = ApiServer(router, schedule_after)
-    api_holder.append(api)
     controllers.kube = api  # type: ignore[assignment]
     controllers.applier.kube = api  # type: ignore[assignment]
     router.go_live()
@@ -214,7 +206,7 @@ async def run_once(n: int, rate: float, schedule_after: float, workers: int) -> 
     loop = asyncio.get_running_loop()
     started_cpu, started = time.process_time(), time.perf_counter()
     for i in range(n):
-        api.add(training_job(f"tj-{i:05d}"))
+        api.add(bench.training_job(f"tj-{i:05d}"))
         due = started + (i + 1) / rate
         delay = due - time.perf_counter()
         await asyncio.sleep(max(0.0, delay))
