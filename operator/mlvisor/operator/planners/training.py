@@ -249,11 +249,19 @@ class _TrainingReconcile(ConditionWriter):
 
         if self._deadline_passed():
             return self._plan()
-        if self._supervise_exits():
-            return self._plan()
-        if self._complete_if_done():
-            return self._plan()
-        self._start_due_children()
+        # A pod adopted from a plan whose status write was lost may have run, even finished,
+        # since: its exit is read in this same reconcile, so that the plan is a fixed point of
+        # its own writes (a reconcile on their echo would change nothing; the shells need none).
+        # Adopting comes first and creating last, so that no decision taken after a create (a
+        # failure read from an adopted pod) misses a pod it should stop.
+        for _ in range(len(self._records()) + 1):
+            if self._supervise_exits():
+                return self._plan()
+            if self._complete_if_done():
+                return self._plan()
+            if not self._start_due_children(create=False):
+                break
+        self._start_due_children(create=True)
         self._delete_strays()
         self._settle_phase()
         return self._plan()
@@ -488,6 +496,7 @@ class _TrainingReconcile(ConditionWriter):
 
     def _supervise_exits(self) -> bool:
         """Feed every child exit to the supervisor, in start order. True when the job escalated."""
+        self.waiting = []  # what the children's pods wait for, found anew on every pass
         for child, rec in self._records():
             exit_ = self._exit_of(child, rec)
             if exit_ is None:
@@ -613,8 +622,12 @@ class _TrainingReconcile(ConditionWriter):
                 self.deleted.add(p.name)
                 self.actions.append(DeletePod(name=p.name, reason="ttlSecondsAfterFinished passed"))
 
-    def _start_due_children(self) -> None:
-        """Create the next attempt of every child whose back-off is over (or that resumes)."""
+    def _start_due_children(self, *, create: bool) -> bool:
+        """Start the next attempt of every child whose back-off is over (or that resumes): adopt
+        its pod if an earlier plan created it, else (``create``) create it.
+
+        True when it adopted a pod: that pod's state is for the supervisor to read."""
+        adopted_any = False
         shards_done = all(w.phase == WPhase.SUCCEEDED for w in self.status.workers)
         for _, rec in self._records():
             if rec.phase == WPhase.RESTARTING:
@@ -631,6 +644,8 @@ class _TrainingReconcile(ConditionWriter):
             pods = self._pods_of(rec.index)
             adopted = next((p for p in pods if p.attempt == attempt and not p.deleting), None)
             older = [p for p in pods if p.attempt < attempt and p.phase in _ALIVE]
+            if older and not create:
+                continue
             if older:
                 self._delete_alive(older, "its worker restarts with a new attempt")
                 self.requeue.append(WAIT_FOR_TERMINATION_SECONDS)
@@ -639,8 +654,17 @@ class _TrainingReconcile(ConditionWriter):
                 # Created by an earlier plan whose status write was lost: take it over.
                 rec.attempt, rec.pod, rec.restart_at = attempt, adopted.name, None
                 rec.phase = WPhase.RUNNING if adopted.phase == "Running" else WPhase.PENDING
+                adopted_any = True
+                continue
+            if not create:
+                continue
+            if any(p.attempt == attempt for p in pods):
+                # That attempt's pod was created by a plan whose status write was lost and is
+                # going away on the orders of another: its name is free again once it is gone.
+                self.requeue.append(WAIT_FOR_TERMINATION_SECONDS)
                 continue
             self._create(rec, attempt)
+        return adopted_any
 
     def _delete_strays(self) -> None:
         """Alive pods that belong to no current attempt: superseded attempts, unknown indices."""
