@@ -19,7 +19,8 @@ that runs twice (operator restart, retried after an error, replayed event) is ha
   (tests/schema/test_status_pruning.py checks that).
 
 Every answer of a write goes to the store (``Store.wrote``/``Store.deleted``), so the next
-reconcile sees it even before its watch event arrives.
+reconcile sees it even before its watch event arrives, and with it whose reconcile wrote it: the
+watch event that shows exactly a TrainingJob's own write queues no reconcile of it (``watches.py``).
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ class PlanApplier:
         if isinstance(action, p.CreatePod):
             name = action.manifest["metadata"]["name"]
             try:
-                self.store.wrote(await self.kube.create(client.core_path("pods", namespace), action.manifest))
+                self.store.wrote(await self.kube.create(client.core_path("pods", namespace), action.manifest), _key(body))
                 applied.wrote()
                 applied.created.append(name)
                 logger.info("created pod %s", name, extra=fields(body["kind"], namespace, meta["name"], pod=name))
@@ -209,7 +210,7 @@ class PlanApplier:
         live = self.store.get(str(manifest["kind"]), body["metadata"]["namespace"], name)
         if live is None:
             try:
-                self.store.wrote(await self.kube.create(collection, manifest))
+                self.store.wrote(await self.kube.create(collection, manifest), _key(body))
                 applied.wrote()
                 applied.created.append(name)
                 return
@@ -232,7 +233,7 @@ class PlanApplier:
             )
         desired = {k: v for k, v in manifest.items() if k != "status"}
         if not is_subset(desired, live):
-            self.store.wrote(await self.kube.patch(path, desired))
+            self.store.wrote(await self.kube.patch(path, desired), _key(body))
             applied.wrote()
             logger.info(
                 "updated %s", path, extra=fields(body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
@@ -288,9 +289,15 @@ class PlanApplier:
         plural = api.PLURALS[body["kind"]]
         path = client.group_path(api.GROUP, api.VERSION, plural, meta["namespace"], meta["name"], "status")
         answer = await self.kube.patch(path, {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch})
-        self.store.wrote(answer)
+        self.store.wrote(answer, _key(body))
         applied.wrote()
         applied.status_written = True
+
+
+def _key(body: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(kind, namespace, name) of the resource a plan was made for: its writes are its own."""
+    meta = body["metadata"]
+    return str(body["kind"]), str(meta["namespace"]), str(meta["name"])
 
 
 def _deleted_pod(owner: Mapping[str, Any], name: str, answer: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -53,7 +53,8 @@ class Metrics:
         self.watch_events = Counter(
             "mlvisor_watch_events",
             "Watch events by object kind and what became of them: queued (a reconcile), "
-            "unchanged (nothing a reconcile reads changed: dropped, no API call).",
+            "unchanged (nothing a reconcile reads changed: dropped, no API call), echo (exactly a "
+            "TrainingJob's own write: that job is not reconciled again for it).",
             ["kind", "result"],
             registry=self.registry,
         )

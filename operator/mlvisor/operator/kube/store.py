@@ -157,6 +157,8 @@ class _Write:
     deleted: bool = False
     rv: str = ""
     """The written copy's resourceVersion, kept beside it so that a watch event need not decode it."""
+    by: Key | None = None
+    """The resource whose reconcile made the write (its pods' creates, its status)."""
 
     @property
     def body(self) -> dict[str, Any]:
@@ -251,9 +253,29 @@ class Store:
         """The ModelServers that serve this TrainingJob's model (``spec.model.trainingJobRef``)."""
         return sorted(self._indexes["ModelServer"].get(("job", namespace, job)) or ())
 
-    def wrote(self, body: Mapping[str, Any]) -> None:
-        """The API's answer to a create or a patch: newer than the watch's copy until it catches up."""
-        self._remember(body, deleted=False)
+    def wrote(self, body: Mapping[str, Any], by: Key | None = None) -> None:
+        """The API's answer to a create or a patch: newer than the watch's copy until it catches up.
+
+        ``by``: the resource whose reconcile made the write (see :meth:`written_by`)."""
+        self._remember(body, deleted=False, by=by)
+
+    def written_by(self, body: Mapping[str, Any]) -> Key | None:
+        """Whose own write a watched object shows, if it shows exactly one (the resourceVersion
+        the write's answer had): call it before :meth:`put`, which forgets the write.
+
+        Such an event is the echo of the write. The reconcile that made it planned on the state
+        the event shows (what it read, plus what it wrote), so reconciling that resource again
+        for it would only plan the same thing again: the router queues no reconcile of a
+        TrainingJob for its own echoes (``watches.py``, ``ECHO_FREE``). Other resources the
+        object concerns still hear of it (a pipeline its child's status, a TrainingJob the
+        pipeline created)."""
+        slot = self._slot(body)
+        if slot is None:
+            return None
+        write = slot[0].get(slot[1])
+        if write is None or write.deleted or write.by is None or write.rv != _rv(body):
+            return None
+        return write.by
 
     def deleted(self, body: Mapping[str, Any]) -> None:
         """An object the operator deleted: going away, whatever the watch still says."""
@@ -265,11 +287,11 @@ class Store:
         if slot is not None:
             slot[0].pop(slot[1], None)
 
-    def _remember(self, body: Mapping[str, Any], deleted: bool) -> None:
+    def _remember(self, body: Mapping[str, Any], deleted: bool, by: Key | None = None) -> None:
         slot = self._slot(body, create=True)
         if slot is not None:
             slim = slim_pod(body) if body.get("kind") == "Pod" else slim_object(body)
-            slot[0][slot[1]] = _Write(pack(slim), self.clock(), deleted, _rv(body))
+            slot[0][slot[1]] = _Write(pack(slim), self.clock(), deleted, _rv(body), by)
 
     def _slot(self, body: Mapping[str, Any], create: bool = False) -> tuple[dict[Any, _Write], Any] | None:
         """Where the own write of this object is kept: (the mapping, its key); None for a pod of no owner.

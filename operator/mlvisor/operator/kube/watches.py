@@ -15,6 +15,18 @@ resource is queued for a level-triggered reconcile (``controllers.py``):
 - a TrainingJob whose model version or phase changed -> reconcile the ModelServers that
   reference it (the store files ModelServers by the job they name).
 
+An event that shows exactly a write a TrainingJob's reconcile made (the resourceVersion of the
+write's answer: a pod it created, the status it wrote) queues no reconcile of that TrainingJob:
+the reconcile planned on the state the event shows, and its store already holds the write
+(``Store.written_by``). The training planner is a fixed point of its own writes: planning again
+on the world its plan left changes nothing, also after status writes that were lost while the
+plan's pods stood (the planner's property test checks exactly that). Others still hear of it
+(the pipeline of a job whose status changed, a job a pipeline created). Counted as
+``result="echo"``. ModelServers and ModelPipelines are still queued for their own echoes: their
+planners have no such proof yet, and there are few of them. controller-runtime operators get the
+same saving for status echoes from a generation-changed predicate, which also drops everyone
+else's status changes; this drops only the operator's own.
+
 An event that changes nothing a reconcile reads (an annotation, the timestamps of the
 scheduler's repeated Unschedulable condition on a pending pod) queues nothing: ``predicates.py`` keeps a hash of what the
 reconcilers read of each object and drops events that leave it unchanged, so such a no-op
@@ -46,6 +58,10 @@ from mlvisor.operator.kube.queue import WorkQueue
 from mlvisor.operator.kube.store import Store, pod_owner
 from mlvisor.operator.reconcilers import PIPELINE, SERVING, TRAINING
 
+#: Kinds whose planner reaches, in one reconcile, the state a reconcile on the echo of its own
+#: writes would plan (tests/unit/operator/planners/test_training.py's property test).
+ECHO_FREE = frozenset({TRAINING})
+
 logger = logging.getLogger(__name__)
 
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
@@ -73,6 +89,8 @@ class Router:
         self.live = False
         """False until every informer has synced: events then only fill the store."""
         self._model_versions: dict[tuple[str, str], Any] = {}
+        self._echo: tuple[str, str, str] | None = None
+        """Whose own write the event being routed shows (:meth:`Store.written_by`), if any."""
 
     def __call__(self, type: str, body: dict[str, Any]) -> None:
         kind = str(body.get("kind") or "")
@@ -84,6 +102,9 @@ class Router:
         owner = pod_owner(body) if kind == "Pod" else None
         if kind == "Pod" and owner is None:
             owner = self.store.pod_owner_of(namespace, name)
+        # The echo of a TrainingJob's own write (read before the store forgets the write).
+        writer = None if deleted else self.store.written_by(body)
+        self._echo = writer if writer is not None and writer[0] in ECHO_FREE else None
         if deleted:
             self.store.drop(body)
         else:
@@ -93,21 +114,26 @@ class Router:
         if kind == "Deployment":
             ref = controller_ref(body)
             if self.live and ref is not None and ref.get("kind") == SERVING:
-                self.queue.trigger((SERVING, namespace, str(ref["name"])))
+                self._trigger((SERVING, namespace, str(ref["name"])))
             return
         projection = pod_projection(body) if kind == "Pod" else resource_projection(body)
         changed = self.changes.changed(body, projection, deleted=deleted)
-        self.metrics.watch_events.labels(kind, "queued" if changed else "unchanged").inc()
+        self.metrics.watch_events.labels(kind, ("echo" if self._echo else "queued") if changed else "unchanged").inc()
         if kind == TRAINING:
             self._job_changed(namespace, name, body, deleted)
         if not changed or not self.live:
             return
         if kind == "Pod":
             if owner is not None:
-                self.queue.trigger((owner[0], namespace, owner[1]))
+                self._trigger((owner[0], namespace, owner[1]))
             return
-        self.queue.trigger((kind, namespace, name))
+        self._trigger((kind, namespace, name))
         self._trigger_pipeline(namespace, body)
+
+    def _trigger(self, key: tuple[str, str, str]) -> None:
+        """Queue a reconcile of ``key``, unless the event is the echo of that resource's own write."""
+        if key != self._echo:
+            self.queue.trigger(key)
 
     def _job_changed(self, namespace: str, name: str, body: dict[str, Any], deleted: bool) -> None:
         """Servers care about a new model version, and about the job appearing, failing or going
@@ -123,13 +149,13 @@ class Router:
             self._model_versions[key] = what
         if self.live:
             for server in self.store.servers_of_job(namespace, name):
-                self.queue.trigger((SERVING, namespace, server))
+                self._trigger((SERVING, namespace, server))
 
     def _trigger_pipeline(self, namespace: str, body: dict[str, Any]) -> None:
         """A pipeline's child changed: its pipeline reconciles too (controller ownerReference)."""
         ref = controller_ref(body)
         if ref is not None and ref.get("kind") == PIPELINE and str(ref.get("apiVersion", "")).startswith(api.GROUP):
-            self.queue.trigger((PIPELINE, namespace, str(ref["name"])))
+            self._trigger((PIPELINE, namespace, str(ref["name"])))
 
     def go_live(self) -> int:
         """Every informer has synced: from now on events queue reconciles, and every resource

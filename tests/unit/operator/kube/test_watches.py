@@ -119,3 +119,50 @@ def test_a_pod_that_vanished_during_a_watch_gap_still_queues_its_job() -> None:
     r("DELETED", {"kind": "Pod", "metadata": {"namespace": "ml", "name": "a-worker-0", "uid": "uid-a-worker-0"}})
     assert queue.triggered == [("TrainingJob", "ml", "a")]
     assert store.pods("TrainingJob", "ml", "a") == []
+
+
+def test_the_echo_of_a_resources_own_write_does_not_queue_it_again_and_anything_else_does() -> None:
+    r, queue, store = router()
+    r.go_live()
+    own = ("TrainingJob", "ml", "a")
+    pod = worker("a-worker-0", "a")
+    store.wrote(pod, by=own)  # the job's reconcile created it: the answer had resourceVersion 1
+    r("ADDED", pod)
+    assert queue.triggered == []
+    r("MODIFIED", {**worker("a-worker-0", "a", phase="Failed"), "metadata": {**pod["metadata"], "resourceVersion": "2"}})
+    assert queue.triggered == [own]  # the kubelet's change, not the operator's
+    queue.triggered.clear()
+    status = job("a", phase="Running", rv=5)
+    store.wrote(status, by=own)  # its own status write
+    r("MODIFIED", status)
+    assert queue.triggered == []
+    # someone else's write at a newer version is news, and so is an echo the store no longer holds
+    r("MODIFIED", job("a", phase="Running", version="v", rv=6))
+    assert queue.triggered == [own]
+
+
+def test_the_echo_of_a_pipelines_write_still_queues_the_job_it_created_and_reaches_the_pipeline_otherwise() -> None:
+    r, queue, store = router()
+    r.go_live()
+    created = job("a", pipeline="p", rv=3)
+    store.wrote(created, by=("ModelPipeline", "ml", "p"))  # the pipeline's reconcile created the job
+    r("ADDED", created)
+    # the job itself has never been reconciled; the pipeline's planner has no fixed-point proof
+    # (watches.ECHO_FREE), so its own echoes still queue it
+    assert queue.triggered == [("TrainingJob", "ml", "a"), ("ModelPipeline", "ml", "p")]
+    queue.triggered.clear()
+    own_status = job("a", phase="Running", version="v", pipeline="p", rv=4)
+    store.wrote(own_status, by=("TrainingJob", "ml", "a"))
+    r("MODIFIED", own_status)
+    assert queue.triggered == [("ModelPipeline", "ml", "p")]  # the parent hears of its child's new status
+
+
+def test_a_servers_own_writes_still_queue_it() -> None:
+    r, queue, store = router()
+    r.go_live()
+    owner = [{"apiVersion": GROUP, "kind": "ModelServer", "name": "s", "uid": "uid-s", "controller": True}]
+    created = {"kind": "Deployment", "metadata": {"namespace": "ml", "name": "s", "uid": "d", "resourceVersion": "7",
+                                                   "ownerReferences": owner}, "spec": {}, "status": {}}
+    store.wrote(created, by=("ModelServer", "ml", "s"))
+    r("ADDED", created)
+    assert queue.triggered == [("ModelServer", "ml", "s")]
