@@ -1,10 +1,16 @@
-"""What one create costs the API server: TrainingJobs (the CRD as shipped, and without its CEL
-rules) against suspended Jobs, created from bench/operator.py's 16 threads with no operator.
+"""What one create, one status write and one Event cost the API server: TrainingJobs (the CRD
+as shipped, and without its CEL rules) against suspended Jobs, from bench/operator.py's 16
+threads with no operator.
 
-    KUBECONFIG=... .venv/bin/python -P bench/create_cost.py 1000
+    KUBECONFIG=... .venv/bin/python -P bench/create_cost.py 1000 [--writes]
 
 Prints, for each kind, the wall time and the CPU seconds kube-apiserver and etcd used meanwhile
-(from /proc). The CRD is put back as shipped at the end. bench/README.md, "What a create costs".
+(from /proc). The CRD is put back as shipped at the end. ``--writes`` also measures, on the
+objects just created, what the controllers write for each: the status the operator writes when
+it starts a TrainingJob (the planner's own, as a merge patch of its status subresource) against
+the status the Job controller writes when it starts a Job (active 2, startTime), and one
+core/v1 Event about each. bench/README.md, "What a create costs" and "What a status write and
+an Event cost".
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +70,11 @@ def without_cel(document: dict[str, Any]) -> int:
     return dropped
 
 
-def create(kind: str, n: int) -> str:
+def create(kind: str, n: int, keep: list[str] | None = None) -> str:
+    """Create n objects of ``kind`` in a new namespace (kept in ``keep``, if given)."""
     namespace = bench.new_namespace("cost")
+    if keep is not None:
+        keep.append(namespace)
     make: Callable[[str, dict[str, Any]], Any]
     if kind == "Job":
         bodies = [bench.job(f"j{i}") for i in range(n)]
@@ -82,15 +92,85 @@ def create(kind: str, n: int) -> str:
     bench.create_all(namespace, bodies, make)
     wall = time.monotonic() - t0
     api, etcd = cpu_seconds("kube-apiserver") - api0, cpu_seconds("etcd") - etcd0
-    return (f"{n} {kind}s in {wall:.2f} s ({n / wall:.0f}/s): kube-apiserver {api:.2f} s CPU "
+    return _line(f"{kind}s", n, wall, api, etcd)
+
+
+def _line(what: str, n: int, wall: float, api: float, etcd: float) -> str:
+    return (f"{n} {what} in {wall:.2f} s ({n / wall:.0f}/s): kube-apiserver {api:.2f} s CPU "
             f"({1000 * api / n:.2f} ms each), etcd {etcd:.2f} s")
 
 
+def first_status(body: dict[str, Any]) -> dict[str, Any]:
+    """The status the operator writes when it starts this TrainingJob: its planner's, on the wire."""
+    from mlvisor import api
+    from mlvisor.operator.plan import OperatorConfig
+    from mlvisor.operator.planners.training import plan_training
+
+    plan = plan_training(api.TrainingJob.model_validate(body), [], time.time(), OperatorConfig())
+    assert plan.status is not None
+    return dict(plan.status.to_wire())
+
+
+def timed(what: str, n: int, calls: list[Callable[[], Any]]) -> str:
+    """Run the calls from the bench's 16 threads; the API server's and etcd's CPU meanwhile."""
+    api0, etcd0 = cpu_seconds("kube-apiserver"), cpu_seconds("etcd")
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(bench.THREADS) as pool:
+        list(pool.map(lambda call: call(), calls))
+    wall = time.monotonic() - t0
+    return _line(what, n, wall, cpu_seconds("kube-apiserver") - api0, cpu_seconds("etcd") - etcd0)
+
+
+def writes(kind: str, namespace: str) -> list[str]:
+    """Write each object's first status, then post one Event about each."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    merge = "application/merge-patch+json"
+    calls: list[Callable[[], Any]] = []
+    if kind == "Job":
+        batch = client.BatchV1Api()
+        items = batch.list_namespaced_job(namespace).items
+        status = {"status": {"active": 2, "ready": 0, "terminating": 0, "startTime": now,
+                             "uncountedTerminatedPods": {}}}
+        for item in items:
+            calls.append(lambda name=item.metadata.name: batch.patch_namespaced_job_status(
+                name, namespace, status, _content_type=merge))
+        refs = [("batch/v1", "Job", i.metadata.name, i.metadata.uid) for i in items]
+    else:
+        custom = client.CustomObjectsApi()
+        items = custom.list_namespaced_custom_object("mlvisor.dev", "v1alpha1", namespace, "trainingjobs")["items"]
+        for item in items:
+            patch = {"status": first_status(item)}
+            calls.append(lambda name=item["metadata"]["name"], patch=patch: custom.patch_namespaced_custom_object_status(
+                "mlvisor.dev", "v1alpha1", namespace, "trainingjobs", name, patch, _content_type=merge))
+        refs = [("mlvisor.dev/v1alpha1", "TrainingJob", i["metadata"]["name"], i["metadata"]["uid"]) for i in items]
+    out = [timed(f"{kind} status writes", len(calls), calls)]
+    core = client.CoreV1Api()
+
+    def event(ref: tuple[str, str, str, str], i: int) -> Callable[[], Any]:
+        api_version, obj_kind, name, uid = ref
+        body = {"metadata": {"name": f"{name}.{i:x}", "namespace": namespace},
+                "involvedObject": {"apiVersion": api_version, "kind": obj_kind, "name": name,
+                                   "namespace": namespace, "uid": uid},
+                "type": "Normal", "reason": "Created", "message": f"version {uid[:8]}-1: started 2 worker pod(s)",
+                "source": {"component": "bench"}, "firstTimestamp": now, "lastTimestamp": now, "count": 1}
+        return lambda: core.create_namespaced_event(namespace, body)
+
+    events = [event(ref, i) for i, ref in enumerate(refs)]
+    out.append(timed(f"Events about {kind}s", len(events), events))
+    return out
+
+
 def main() -> int:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    args = [a for a in sys.argv[1:] if a != "--writes"]
+    n = int(args[0]) if args else 1000
     config.load_kube_config()
-    print("TrainingJob (CRD as shipped):", create("TrainingJob", n), flush=True)
-    print("Job (suspended):            ", create("Job", n), flush=True)
+    made: list[str] = []
+    print("TrainingJob (CRD as shipped):", create("TrainingJob", n, made), flush=True)
+    print("Job (suspended):            ", create("Job", n, made), flush=True)
+    if "--writes" in sys.argv:
+        for kind, namespace in zip(("TrainingJob", "Job"), made, strict=True):
+            for line in writes(kind, namespace):
+                print(f"{kind}:", line, flush=True)
     document = yaml.safe_load(CRD.read_text())
     rules = without_cel(document)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
