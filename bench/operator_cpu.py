@@ -28,7 +28,8 @@ by up to 20% on these machines: compare versions in alternating invocations
 ``--profile`` adds a cProfile of one run (bench/results/operator-cpu-<N>.pstats.txt). Its cost
 per Python call overstates small functions (it put the rule validator at a fifth of the run,
 which removing it did not save); ``py-spy record -- .venv/bin/python -P bench/operator_cpu.py``
-samples without that. bench/README.md, "Echoes (tried, reverted), and the operator's own CPU".
+samples without that. bench/README.md, "Echoes, first try (reverted), and the operator's own CPU"
+and "Echoes, second try".
 """
 
 from __future__ import annotations
