@@ -253,8 +253,9 @@ class _TrainingReconcile(ConditionWriter):
         # since: its exit is read in this same reconcile, so that the plan is a fixed point of
         # its own writes (a reconcile on their echo would change nothing; the shells need none).
         # Adopting comes first and creating last, so that no decision taken after a create (a
-        # failure read from an adopted pod) misses a pod it should stop.
-        for _ in range(len(self._records()) + 1):
+        # failure read from an adopted pod) misses a pod it should stop. Each pass that adopts
+        # takes over another observed pod, so the loop always ends on a pass that adopts none.
+        for _ in range(len(self.observed) + 1):
             if self._supervise_exits():
                 return self._plan()
             if self._complete_if_done():

@@ -579,6 +579,22 @@ def test_an_adopted_pod_that_failed_restarts_before_any_new_pod_is_created() -> 
     assert cond(w.status, "Failed").reason == "RestartIntensityExceeded"
 
 
+def test_a_chain_of_adopted_pods_is_read_to_its_end_in_one_reconcile() -> None:
+    # Three status writes lost in a row, each plan restarting the worker (Permanent: a success
+    # restarts too) and creating its next attempt: the retry reads every one of them.
+    w = World(make_job(**supervision(restart="Permanent", maxRestarts=10, backoff={"initialSeconds": 0})))
+    w.reconcile(T0)
+    for attempt in (1, 2, 3):
+        w.succeed(f"iris-worker-0-{attempt}")
+        assert creates(w.reconcile(T0 + attempt, lose_status=True)) == [f"iris-worker-0-{attempt + 1}"]
+    w.succeed("iris-worker-0-4")
+    plan = w.reconcile(T0 + 5)
+    assert creates(plan) == ["iris-worker-0-5"]
+    assert w.status.workers[0].attempt == 5 and w.status.supervision.total_restarts == 4
+    settled = plan_training(w.job, w.observe(), T0 + 5, CONFIG)
+    assert settled.actions == () and settled.status == w.job.status
+
+
 def test_an_attempt_whose_pod_is_still_going_away_waits_for_its_name() -> None:
     # A plan whose status write was lost created attempt 2 of both workers (OneForAll); a second
     # lost plan stopped worker 1's. The retry must not create a pod of that name until it is gone.
