@@ -149,15 +149,21 @@ def test_a_hung_server_is_restarted_by_its_liveness_probe(cluster: Cluster, kube
     (pod,) = server_pods(kube, unique)
     name = pod["metadata"]["name"]
     # SIGSTOP: the process lives on but answers nothing, as a server stuck in a deadlock would.
-    cluster.ctr("tasks", "kill", "--signal", "SIGSTOP", _container_id(pod))
+    hung = _container_id(pod)
+    cluster.ctr("tasks", "kill", "--signal", "SIGSTOP", hung)
 
     def restarted() -> dict[str, Any] | None:
         cs = kube.pod(name)["status"]["containerStatuses"][0]
         return cs if cs["restartCount"] >= 1 and cs.get("ready") else None
 
     cs = eventually(restarted, 240, what="the kubelet restarting the hung server and it becoming ready again")
+    assert cs["containerID"].removeprefix("containerd://") != hung, cs  # a new container, not the stopped one
     # A stopped process cannot act on SIGTERM: the kubelet's SIGKILL after the grace period ended it.
-    assert cs["lastState"]["terminated"]["exitCode"] == 137, cs
+    # The kubelet reports the last termination only as best effort: it can show a restarted
+    # container with an empty lastState (kubernetes/kubernetes#101044; seen here once under load).
+    terminated = cs.get("lastState", {}).get("terminated")
+    if terminated is not None:
+        assert terminated["exitCode"] == 137, cs
     events = _events(cluster, name)
     assert any(e["reason"] == "Killing" and "failed liveness probe" in e["message"] for e in events), events
     assert any(e["reason"] == "Unhealthy" and e["message"].startswith("Liveness probe failed") for e in events)
