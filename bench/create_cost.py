@@ -87,17 +87,7 @@ def create(kind: str, n: int, keep: list[str] | None = None) -> str:
         custom = client.CustomObjectsApi()
         make = lambda ns, body: custom.create_namespaced_custom_object(  # noqa: E731
             "mlvisor.dev", "v1alpha1", ns, "trainingjobs", body)
-    api0, etcd0 = cpu_seconds("kube-apiserver"), cpu_seconds("etcd")
-    t0 = time.monotonic()
-    bench.create_all(namespace, bodies, make)
-    wall = time.monotonic() - t0
-    api, etcd = cpu_seconds("kube-apiserver") - api0, cpu_seconds("etcd") - etcd0
-    return _line(f"{kind}s", n, wall, api, etcd)
-
-
-def _line(what: str, n: int, wall: float, api: float, etcd: float) -> str:
-    return (f"{n} {what} in {wall:.2f} s ({n / wall:.0f}/s): kube-apiserver {api:.2f} s CPU "
-            f"({1000 * api / n:.2f} ms each), etcd {etcd:.2f} s")
+    return timed(f"{kind}s", n, lambda: bench.create_all(namespace, bodies, make))
 
 
 def first_status(body: dict[str, Any]) -> dict[str, Any]:
@@ -111,14 +101,21 @@ def first_status(body: dict[str, Any]) -> dict[str, Any]:
     return dict(plan.status.to_wire())
 
 
-def timed(what: str, n: int, calls: list[Callable[[], Any]]) -> str:
-    """Run the calls from the bench's 16 threads; the API server's and etcd's CPU meanwhile."""
+def timed(what: str, n: int, work: Callable[[], Any]) -> str:
+    """Run ``work`` (n requests); its wall time and the API server's and etcd's CPU meanwhile."""
     api0, etcd0 = cpu_seconds("kube-apiserver"), cpu_seconds("etcd")
     t0 = time.monotonic()
+    work()
+    wall = time.monotonic() - t0
+    api, etcd = cpu_seconds("kube-apiserver") - api0, cpu_seconds("etcd") - etcd0
+    return (f"{n} {what} in {wall:.2f} s ({n / wall:.0f}/s): kube-apiserver {api:.2f} s CPU "
+            f"({1000 * api / n:.2f} ms each), etcd {etcd:.2f} s")
+
+
+def in_threads(calls: list[Callable[[], Any]]) -> None:
+    """The calls from the bench's 16 threads, as bench.create_all makes its creates."""
     with ThreadPoolExecutor(bench.THREADS) as pool:
         list(pool.map(lambda call: call(), calls))
-    wall = time.monotonic() - t0
-    return _line(what, n, wall, cpu_seconds("kube-apiserver") - api0, cpu_seconds("etcd") - etcd0)
 
 
 def writes(kind: str, namespace: str) -> list[str]:
@@ -143,7 +140,7 @@ def writes(kind: str, namespace: str) -> list[str]:
             calls.append(lambda name=item["metadata"]["name"], patch=patch: custom.patch_namespaced_custom_object_status(
                 "mlvisor.dev", "v1alpha1", namespace, "trainingjobs", name, patch, _content_type=merge))
         refs = [("mlvisor.dev/v1alpha1", "TrainingJob", i["metadata"]["name"], i["metadata"]["uid"]) for i in items]
-    out = [timed(f"{kind} status writes", len(calls), calls)]
+    out = [timed(f"{kind} status writes", len(calls), lambda: in_threads(calls))]
     core = client.CoreV1Api()
 
     def event(ref: tuple[str, str, str, str], i: int) -> Callable[[], Any]:
@@ -156,7 +153,7 @@ def writes(kind: str, namespace: str) -> list[str]:
         return lambda: core.create_namespaced_event(namespace, body)
 
     events = [event(ref, i) for i, ref in enumerate(refs)]
-    out.append(timed(f"Events about {kind}s", len(events), events))
+    out.append(timed(f"Events about {kind}s", len(events), lambda: in_threads(events)))
     return out
 
 

@@ -205,8 +205,8 @@ class Model(BaseModel):
 class Ruled(Model):
     """A :class:`Model` with rules across its fields (``__rules__``), judged with its fields' own
     problems. Only these models carry the Python validator that judges them; on every model it
-    was a Python call per nested object of every parse (bench/README.md, "Echoes (tried,
-    reverted), and the operator's own CPU"). ``Model`` refuses a subclass that declares rules
+    was a Python call per nested object of every parse (bench/README.md, "Echoes, first
+    try (reverted), and the operator's own CPU"). ``Model`` refuses a subclass that declares rules
     without deriving from this class: its rules would never be judged."""
 
     @model_validator(mode="wrap")

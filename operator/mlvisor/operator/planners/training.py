@@ -645,11 +645,10 @@ class _TrainingReconcile(ConditionWriter):
             pods = self._pods_of(rec.index)
             adopted = next((p for p in pods if p.attempt == attempt and not p.deleting), None)
             older = [p for p in pods if p.attempt < attempt and p.phase in _ALIVE]
-            if older and not create:
-                continue
             if older:
-                self._delete_alive(older, "its worker restarts with a new attempt")
-                self.requeue.append(WAIT_FOR_TERMINATION_SECONDS)
+                if create:
+                    self._delete_alive(older, "its worker restarts with a new attempt")
+                    self.requeue.append(WAIT_FOR_TERMINATION_SECONDS)
                 continue
             if adopted is not None:
                 # Created by an earlier plan whose status write was lost: take it over.

@@ -166,3 +166,6 @@ def test_a_servers_own_writes_still_queue_it() -> None:
     store.wrote(created, by=("ModelServer", "ml", "s"))
     r("ADDED", created)
     assert queue.triggered == [("ModelServer", "ml", "s")]
+    queue.triggered.clear()
+    r("MODIFIED", {**created, "metadata": {**created["metadata"], "resourceVersion": "8"}, "status": {"readyReplicas": 1}})
+    assert queue.triggered == [("ModelServer", "ml", "s")]  # its controller's change, too
