@@ -2,7 +2,8 @@
 as shipped, and without its CEL rules) against suspended Jobs, from bench/operator.py's 16
 threads with no operator.
 
-    KUBECONFIG=... .venv/bin/python -P bench/create_cost.py 1000 [--writes]
+    KUBECONFIG=... .venv/bin/python -P bench/create_cost.py 1000 [--writes] [--pprof DIR]
+    KUBECONFIG=... .venv/bin/python -P bench/create_cost.py 1000 --schemas 2
 
 Prints, for each kind, the wall time and the CPU seconds kube-apiserver and etcd used meanwhile
 (from /proc). The CRD is put back as shipped at the end. ``--writes`` also measures, on the
@@ -11,14 +12,22 @@ it starts a TrainingJob (the planner's own, as a merge patch of its status subre
 the status the Job controller writes when it starts a Job (active 2, startTime), and one
 core/v1 Event about each. bench/README.md, "What a create costs" and "What a status write and
 an Event cost".
+
+``--pprof DIR`` (on a plane started with ``--apiserver-arg=--profiling=true``) then takes a CPU
+profile of kube-apiserver while 16 threads write one-field status patches to the objects of each
+kind, over and over, for ``--seconds`` (default 20): DIR/TrainingJob-status.pprof and
+DIR/Job-status.pprof, read with ``go tool pprof -top -cum <the plane's binary> FILE``.
+``--schemas ROUNDS`` measures only what the CRD's schema costs a status write: the same
+TrainingJobs under the CRD as shipped, without its CEL rules, with a schemaless status (and no
+CEL), and schemaless altogether. bench/README.md, "Where a status write goes".
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -157,17 +166,135 @@ def writes(kind: str, namespace: str) -> list[str]:
     return out
 
 
+def profile_writes(kind: str, namespace: str, seconds: float, out: Path) -> str:
+    """A CPU profile of kube-apiserver (``out``) while one-field status patches go to the
+    objects of ``kind`` in ``namespace`` from 16 threads, each a real change."""
+    merge = "application/merge-patch+json"
+    write: Callable[[str, int], Any]
+    if kind == "Job":
+        batch = client.BatchV1Api()
+        names = [str(i.metadata and i.metadata.name) for i in batch.list_namespaced_job(namespace).items]
+        write = lambda name, k: batch.patch_namespaced_job_status(  # noqa: E731
+            name, namespace, {"status": {"active": 1 + k % 2}}, _content_type=merge)
+    else:
+        custom = client.CustomObjectsApi()
+        listed: Any = custom.list_namespaced_custom_object("mlvisor.dev", "v1alpha1", namespace, "trainingjobs")
+        names = [str(i["metadata"]["name"]) for i in listed["items"]]
+        write = lambda name, k: custom.patch_namespaced_custom_object_status(  # noqa: E731
+            "mlvisor.dev", "v1alpha1", namespace, "trainingjobs", name,
+            {"status": {"workersSummary": f"{k % 2}/2"}}, _content_type=merge)
+    done = [0]
+
+    def loop(thread: int) -> None:
+        k = 1
+        while profiler.poll() is None:
+            for name in names[thread::bench.THREADS]:
+                write(name, k)
+                done[0] += 1
+            k += 1
+
+    api0 = cpu_seconds("kube-apiserver")
+    with out.open("wb") as f:
+        profiler = subprocess.Popen(["kubectl", "get", "--raw", f"/debug/pprof/profile?seconds={seconds:.0f}"],
+                                    stdout=f, stderr=subprocess.PIPE)
+        with ThreadPoolExecutor(bench.THREADS) as pool:
+            list(pool.map(loop, range(bench.THREADS)))
+    _, err = profiler.communicate()
+    if profiler.returncode != 0:
+        raise SystemExit(f"no profile ({err.decode().strip()}): start the plane with --apiserver-arg=--profiling=true")
+    api = cpu_seconds("kube-apiserver") - api0
+    return (f"{done[0]} one-field status writes profiled into {out}: kube-apiserver {api:.2f} s CPU "
+            f"({1000 * api / done[0]:.2f} ms each, the profile's requests in flight at its end included)")
+
+
+def schemaless(document: dict[str, Any], part: str) -> None:
+    """Replace the schema of ``part`` (spec or status) by one that keeps anything."""
+    properties = document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    properties[part] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+
+def loosen(*steps: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], None]:
+    def apply(document: dict[str, Any]) -> None:
+        for step in steps:
+            step(document)
+    return apply
+
+
+SCHEMAS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "as shipped": loosen(),
+    "without CEL": loosen(without_cel),
+    "status schemaless, without CEL": loosen(lambda d: schemaless(d, "status"), without_cel),
+    "schemaless (spec and status)": loosen(lambda d: schemaless(d, "status"), lambda d: schemaless(d, "spec")),
+}
+
+
+def under_schema(form: str, n: int) -> str:
+    """n TrainingJobs created under the CRD in ``form`` (a key of SCHEMAS), then a first status
+    and two one-field status writes each; the namespace is deleted, and waited for, after."""
+    document = yaml.safe_load(CRD.read_text())
+    SCHEMAS[form](document)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(document, f)
+        f.flush()
+        subprocess.run(["kubectl", "replace", "-f", f.name], check=True, capture_output=True)
+    time.sleep(3)  # the API server rebuilds the CRD's handler
+    custom = client.CustomObjectsApi()
+    made: list[str] = []
+    created = create("TrainingJob", n, made)
+    namespace = made[0]
+    listed: Any = custom.list_namespaced_custom_object("mlvisor.dev", "v1alpha1", namespace, "trainingjobs")
+
+    def patch(name: str, body: dict[str, Any]) -> Callable[[], Any]:
+        return lambda: custom.patch_namespaced_custom_object_status(
+            "mlvisor.dev", "v1alpha1", namespace, "trainingjobs", name, body,
+            _content_type="application/merge-patch+json")
+
+    first = [patch(i["metadata"]["name"], {"status": first_status(i)}) for i in listed["items"]]
+    one = [patch(i["metadata"]["name"], {"status": {"workersSummary": f"{k}/2"}})
+           for i in listed["items"] for k in (1, 2)]
+    lines = [created, timed("first statuses", len(first), lambda: in_threads(first)),
+             timed("one-field status writes", len(one), lambda: in_threads(one))]
+    subprocess.run(["kubectl", "delete", "namespace", namespace, "--timeout=300s"], check=True, capture_output=True)
+    return "\n  ".join(lines)
+
+
+def schemas(n: int, rounds: int) -> None:
+    """What the CRD's schema costs a status write: each form of SCHEMAS in turn (forwards, then
+    backwards), ``rounds`` times; the CRD is put back as shipped at the end."""
+    forms = list(SCHEMAS)
+    try:
+        for r in range(rounds):
+            for form in forms if r % 2 == 0 else forms[::-1]:
+                print(f"round {r + 1}, {form}:\n  {under_schema(form, n)}", flush=True)
+    finally:
+        subprocess.run(["kubectl", "apply", "-f", str(CRD)], check=True, capture_output=True)
+
+
 def main() -> int:
-    args = [a for a in sys.argv[1:] if a != "--writes"]
-    n = int(args[0]) if args else 1000
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("n", type=int, nargs="?", default=1000)
+    parser.add_argument("--writes", action="store_true", help="also a status write and an Event per object")
+    parser.add_argument("--pprof", type=Path, metavar="DIR", help="also profile kube-apiserver during status writes")
+    parser.add_argument("--seconds", type=float, default=20.0, help="the length of each --pprof profile")
+    parser.add_argument("--schemas", type=int, metavar="ROUNDS",
+                        help="only this: a status write under the CRD as shipped and looser forms of it, ROUNDS rounds")
+    args = parser.parse_args()
+    n = args.n
     config.load_kube_config()
+    if args.schemas:
+        schemas(n, args.schemas)
+        return 0
     made: list[str] = []
     print("TrainingJob (CRD as shipped):", create("TrainingJob", n, made), flush=True)
     print("Job (suspended):            ", create("Job", n, made), flush=True)
-    if "--writes" in sys.argv:
+    if args.writes:
         for kind, namespace in zip(("TrainingJob", "Job"), made, strict=True):
             for line in writes(kind, namespace):
                 print(f"{kind}:", line, flush=True)
+    if args.pprof is not None:
+        args.pprof.mkdir(parents=True, exist_ok=True)
+        for kind, namespace in zip(("TrainingJob", "Job"), made, strict=True):
+            print(f"{kind}:", profile_writes(kind, namespace, args.seconds, args.pprof / f"{kind}-status.pprof"), flush=True)
     document = yaml.safe_load(CRD.read_text())
     rules = without_cel(document)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:

@@ -22,6 +22,8 @@ def main() -> int:
                      help="the kubelet's longest CrashLoopBackOff wait, e.g. 10s (default 300s)")
     upp.add_argument("--controller-manager-arg", action="append", default=[], metavar="FLAG",
                      help="one more kube-controller-manager flag, e.g. --kube-api-qps=1000 (repeatable)")
+    upp.add_argument("--apiserver-arg", action="append", default=[], metavar="FLAG",
+                     help="one more kube-apiserver flag, after the plane's own, e.g. --profiling=true (repeatable)")
     for q in (upp, sub.add_parser("down", help="stop everything, leave no process behind"),
               sub.add_parser("status", help="say whether it runs and where its kubeconfig is")):
         q.add_argument("--state-dir", type=lambda s: Path(s).resolve(), default=cluster.DEFAULT_STATE)
@@ -35,7 +37,8 @@ def main() -> int:
             print(images.ensure_image())
         elif args.verb == "up":
             cluster.up(args.state_dir, node=args.node == "kubelet", crashloop_max=args.crashloop_max,
-                       controller_manager_args=tuple(args.controller_manager_arg))
+                       controller_manager_args=tuple(args.controller_manager_arg),
+                       apiserver_args=tuple(args.apiserver_arg))
         elif args.verb == "down":
             cluster.down(args.state_dir)
         else:

@@ -229,13 +229,17 @@ def current(state_dir: Path = DEFAULT_STATE) -> ControlPlane | None:
 
 
 def up(state_dir: Path = DEFAULT_STATE, *, node: bool = True, log=sys.stderr,
-       crashloop_max: str | None = None, controller_manager_args: tuple[str, ...] = ()) -> ControlPlane:
+       crashloop_max: str | None = None, controller_manager_args: tuple[str, ...] = (),
+       apiserver_args: tuple[str, ...] = ()) -> ControlPlane:
     """Start the control plane (or return the running one); see the module docstring.
 
     ``crashloop_max`` caps the kubelet's CrashLoopBackOff (its ``crashLoopBackOff.
     maxContainerRestartPeriod``, KEP-4603; default 300 s), e.g. "10s".
     ``controller_manager_args``: more flags for kube-controller-manager (the operator bench's
     second peer raises its client limit: ``--kube-api-qps=1000 --kube-api-burst=1000``).
+    ``apiserver_args``: more flags for kube-apiserver, after the plane's own (the last of a
+    repeated flag wins: ``--profiling=true`` serves /debug/pprof for ``bench/create_cost.py
+    --pprof``).
     """
     running = current(state_dir)
     if running is not None:
@@ -248,14 +252,14 @@ def up(state_dir: Path = DEFAULT_STATE, *, node: bool = True, log=sys.stderr,
     if (state_dir / "state.json").exists() or (node and kubenode.node_paths(state_dir).root.exists()):
         down(state_dir, quiet=True)  # whatever a crashed earlier run from this state left behind
     try:
-        return _up(state_dir, node, log, crashloop_max, controller_manager_args)
+        return _up(state_dir, node, log, crashloop_max, controller_manager_args, apiserver_args)
     except BaseException:
         down(state_dir, quiet=True)  # nothing of a failed start keeps running; its logs stay
         raise
 
 
 def _up(state_dir: Path, node: bool, log, crashloop_max: str | None,
-        controller_manager_args: tuple[str, ...] = ()) -> ControlPlane:
+        controller_manager_args: tuple[str, ...] = (), apiserver_args: tuple[str, ...] = ()) -> ControlPlane:
     binary = build.ensure_binary(log)
     archives = (images.ensure_pause(log), images.ensure_image(log)) if node else ()
     t0 = time.monotonic()
@@ -316,6 +320,7 @@ def _up(state_dir: Path, node: bool, log, crashloop_max: str | None,
         "--allow-privileged=false", "--profiling=false",
         f"--audit-policy-file={state_dir / 'audit-policy.yaml'}", f"--audit-log-path={audit_log}",
         "--audit-log-format=json", "--audit-log-maxsize=0",
+        *apiserver_args,
     ])
     ctx = _ssl_context(pki_dir)
     _wait("kube-apiserver", lambda: _get(f"{api_url}/readyz", ctx)[0] == 200, 120, apiserver, plane.log("kube-apiserver"))
