@@ -200,6 +200,7 @@ class _PipelineReconcile(ConditionWriter):
     actions: list[Action] = field(default_factory=list)
     requeue: list[float] = field(default_factory=list)
     applied: set[str] = field(default_factory=set)
+    deleted: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.status = (
@@ -230,11 +231,19 @@ class _PipelineReconcile(ConditionWriter):
                 self._observe_serving()
                 self._apply_server()
                 return self._plan()
-        self._adopt_and_tidy()
-        if self._supervise():
-            self._observe_serving()
-            self._apply_server()
-            return self._plan()
+        self._see_runs()
+        # Exits first, then TrainingJobs of runs the status does not know yet (created by a plan
+        # whose status write was lost): the failure that plan restarted is counted before its
+        # new run is taken over. Again while a pass adopts a run: its exit is read now too.
+        for _ in range(len(self.observed) + 1):
+            escalated = self._supervise()
+            adopted = self._adopt_and_tidy()
+            if escalated:
+                self._observe_serving()
+                self._apply_server()
+                return self._plan()
+            if not adopted:
+                break
         self._observe_serving()
         self._start_due_restarts()
         self._start_triggered_runs()
@@ -298,7 +307,12 @@ class _PipelineReconcile(ConditionWriter):
     def _delete_run(self, run: api.PipelineRun, reason: str) -> None:
         tj = self._training_job(run.name)
         if tj is not None and not tj.deleting:
-            self.actions.append(DeleteResource(kind="TrainingJob", name=run.name, reason=reason))
+            self._delete_training_job(run.name, reason)
+
+    def _delete_training_job(self, name: str, reason: str) -> None:
+        if name not in self.deleted:
+            self.deleted.add(name)
+            self.actions.append(DeleteResource(kind="TrainingJob", name=name, reason=reason))
 
     def _stop_run(self, run: api.PipelineRun, reason: str, message: str) -> None:
         """Stop a run in progress: its TrainingJob is deleted (its pods go with it)."""
@@ -352,33 +366,45 @@ class _PipelineReconcile(ConditionWriter):
         if why != "InvalidSpec":
             self._event("Normal", "Resumed", message)
 
-    def _adopt_and_tidy(self) -> None:
-        """Runs from observed TrainingJobs: seen (Pending -> Running), adopted, or strays deleted."""
-        st = self.status
-        known = {r.name: r for r in st.runs}
-        for tj in sorted(self._children("TrainingJob"), key=lambda c: (c.run or 0, c.name)):
+    def _see_runs(self) -> None:
+        """A run whose TrainingJob is observed is Running."""
+        known = {r.name: r for r in self.status.runs}
+        for tj in self._children("TrainingJob"):
             run = known.get(tj.name)
-            if run is not None:
-                if run.phase == RPhase.PENDING:
-                    run.phase = RPhase.RUNNING
+            if run is not None and run.phase == RPhase.PENDING:
+                run.phase = RPhase.RUNNING
+
+    def _adopt_and_tidy(self) -> bool:
+        """TrainingJobs of no run in the status: the oldest newer run's is adopted (after an
+        escalation in this reconcile: adopted as stopped, and deleted); any older one is deleted.
+        True if a run was adopted in progress: the caller reads its exit, then adopts the next."""
+        st = self.status
+        known = {r.name for r in st.runs}
+        adopted = False
+        for tj in sorted(self._children("TrainingJob"), key=lambda c: (c.run or 0, c.name)):
+            if tj.name in known or tj.deleting or tj.name in self.deleted:
                 continue
-            if tj.run is not None and tj.run > st.last_run and not tj.deleting:
+            if tj.run is not None and tj.run > st.last_run:
+                if adopted:
+                    continue  # one run a pass: the exit of this one is read before the next is adopted
                 # Created by an earlier plan whose status write was lost: take it over.
-                adopted = api.PipelineRun(
+                run = api.PipelineRun(
                     name=tj.name, number=tj.run, phase=RPhase.RUNNING, start_time=from_timestamp(self.now)
                 )
-                current = self._current_run()
-                if current is not None:
-                    self._stop_run(current, "Superseded", f"run {tj.run} ({tj.name}) was found running")
-                st.runs.append(adopted)
+                st.runs.append(run)
                 st.last_run = tj.run
                 st.training_spec_hash = tj.spec_hash or st.training_spec_hash
+                if st.phase == Phase.FAILED:
+                    self._stop_run(run, "PipelineFailed", "stopped: the pipeline failed")
+                    continue
+                current = next((r for r in reversed(st.runs[:-1]) if r.phase in _IN_PROGRESS), None)
+                if current is not None:
+                    self._stop_run(current, "Superseded", f"run {tj.run} ({tj.name}) was found running")
                 self._drop_pending(Child.TRAINING)
+                adopted = True
                 continue
-            if not tj.deleting:
-                self.actions.append(
-                    DeleteResource(kind="TrainingJob", name=tj.name, reason="it belongs to no kept run of the pipeline")
-                )
+            self._delete_training_job(tj.name, "it belongs to no kept run of the pipeline")
+        return adopted
 
     def _training_exit(self) -> Failure | None:
         """The exit of the run in progress, if its TrainingJob finished (success included)."""

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from helpers.pipeline_world import CONFIG, T0, World
 from mlvisor import api
+from mlvisor.api.labels import LABEL_RUN
 from mlvisor.operator.plan import ApplyResource, DeleteResource, RecordEvent
 from mlvisor.operator.planners.conditions import to_timestamp
 from mlvisor.operator.planners.pipeline import check_pipeline_spec, plan_pipeline
@@ -357,6 +358,27 @@ def test_escalation_by_a_serving_failure_stops_the_run_in_progress() -> None:
     assert w.status.supervision.pending[0].restart_at is None
 
 
+def test_a_run_started_by_a_lost_write_is_stopped_when_the_retry_escalates() -> None:
+    """A training failure restarted by a plan whose status write was lost; before the retry the
+    server fails too, and the two exceed the intensity. The run the lost plan started is not
+    left training for a failed pipeline: it is recorded, stopped and deleted."""
+    sup = {"maxRestarts": 1, "strategy": "OneForOne", "backoff": {"initialSeconds": 0}}
+    w = World(supervision=sup)
+    w.reconcile(T0)
+    serving(w, 1, at=T0 + 5)
+    w.set_spec(supervision=sup, training={"estimator": {"class": "sklearn.svm.SVC"}})
+    w.reconcile(T0 + 10)
+    w.fail(2)
+    lost = w.reconcile(T0 + 11, lose_status=True)
+    assert [m["metadata"]["name"] for m in applied(lost, "TrainingJob")] == ["iris-3"]
+    w.server_failed()
+    plan = w.reconcile(T0 + 12)
+    assert w.status.phase == api.PipelinePhase.FAILED
+    assert w.run(3).phase == api.RunPhase.STOPPED and ("TrainingJob", "iris-3") in w.deleted(plan)
+    assert w.status.last_run == 3
+    assert ("ModelServer", "iris") not in w.deleted(plan)
+
+
 # ------------------------------------------------------------------ failure identity
 
 
@@ -412,6 +434,44 @@ def test_a_training_job_whose_status_write_was_lost_is_adopted() -> None:
     assert w.status.last_run == 1 and [r.name for r in w.status.runs] == ["iris-1"]
     assert [m["metadata"]["name"] for m in applied(plan, "TrainingJob")] == ["iris-1"]
     assert ("Normal", "RunStarted") not in w.events(plan)
+
+
+def test_a_failure_whose_restart_write_was_lost_is_counted_when_the_new_run_is_adopted() -> None:
+    """With no back-off a failed run is restarted in the reconcile that reads the failure. If that
+    reconcile's status write is lost, the retry finds the failed run still in progress in the
+    status and the restarted run's TrainingJob beside it: the failure is a restart all the same,
+    counted once, and the failed run stays in the history as failed (not stopped, not deleted)."""
+    spec = {"supervision": {"strategy": "OneForOne", "maxRestarts": 3, "backoff": {"initialSeconds": 0}}}
+    w = World(**spec)
+    w.reconcile(T0)
+    w.reconcile(T0 + 1)
+    w.fail(1)
+    lost = w.reconcile(T0 + 2, lose_status=True)
+    assert [m["metadata"]["name"] for m in applied(lost, "TrainingJob")] == ["iris-2"]
+    plan = w.reconcile(T0 + 3)
+    assert w.status.supervision.total_restarts == 1
+    assert [(r.number, r.phase) for r in w.status.runs] == [(1, api.RunPhase.FAILED), (2, api.RunPhase.RUNNING)]
+    assert w.deleted(plan) == []
+    assert w.status.last_run == 2 and not w.status.supervision.pending
+
+
+def test_two_restarts_whose_writes_were_both_lost_are_both_counted() -> None:
+    """Two lost writes in a row, each after a restart: the retry finds runs 2 and 3 it does not
+    know. It takes them over one at a time, reading each one's exit before the next: run 2
+    failed, so it is a restart, not a run superseded by run 3."""
+    spec = {"supervision": {"strategy": "OneForOne", "maxRestarts": 3, "backoff": {"initialSeconds": 0}}}
+    w = World(**spec)
+    w.reconcile(T0)
+    w.fail(1)
+    w.reconcile(T0 + 1, lose_status=True)
+    w.fail(2)
+    lost = w.reconcile(T0 + 2, lose_status=True)
+    assert [m["metadata"]["name"] for m in applied(lost, "TrainingJob")] == ["iris-3"]
+    plan = w.reconcile(T0 + 3)
+    assert w.status.supervision.total_restarts == 2
+    assert [(r.number, r.phase) for r in w.status.runs] == [
+        (1, api.RunPhase.FAILED), (2, api.RunPhase.FAILED), (3, api.RunPhase.RUNNING)]
+    assert w.deleted(plan) == []
 
 
 # ------------------------------------------------------------------ spec changes and history
@@ -647,3 +707,83 @@ def test_property_replaying_a_reconcile_changes_nothing(outcomes, strategy) -> N
         assert [a for a in plan.actions if isinstance(a, (RecordEvent, DeleteResource))] == []
         assert {(a.manifest["kind"], a.manifest["metadata"]["name"]): a.manifest for a in plan.actions
                 if isinstance(a, ApplyResource)}.items() <= children.items()
+
+
+own_outcome = st.one_of(
+    st.tuples(st.just("fail"), st.sampled_from(["FailurePolicy", "RestartIntensityExceeded", "DeadlineExceeded"])),
+    st.tuples(st.just("succeed"), st.one_of(st.none(), st.floats(0, 1))),
+    st.tuples(st.just("wait"), st.floats(0, 5000)),
+)
+
+
+def play_newest(w: World, kind: str, value, t: float, **spec) -> float:
+    """``play`` for fail, succeed and wait, on the newest TrainingJob that exists (not the
+    status's idea of the current run: a world whose status writes are lost has the same
+    children, not the same status)."""
+    if kind == "wait":
+        return t + value
+    if kind == "retrain":
+        w.set_spec(training={"randomState": value}, **spec)
+        return t
+    jobs = [c for (k, _), c in w.children.items() if k == "TrainingJob" and not c.deleting]
+    newest = max(jobs, key=lambda c: int(c.manifest["metadata"]["labels"][LABEL_RUN]), default=None)
+    if newest is None or (newest.status is not None and newest.status.phase != api.TrainingPhase.RUNNING):
+        return t  # nothing runs: nothing to fail or succeed
+    number = int(newest.manifest["metadata"]["labels"][LABEL_RUN])
+    if kind == "fail":
+        w.fail(number, reason=value)
+    else:
+        w.succeed(number, value)
+    return t
+
+
+def settled(w: World) -> tuple:
+    s = w.status
+    # The restart times are not compared: a retry records a restart at its own time.
+    return (s.phase, s.last_run, [(r.number, r.phase) for r in s.runs], s.supervision.total_restarts,
+            len(s.supervision.restart_times), sorted(w.children), s.serving_run)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(st.tuples(own_outcome, st.booleans()), min_size=1, max_size=12),
+    strategy=st.sampled_from(["OneForOne", "RestForOne", "OneForAll"]),
+    max_restarts=st.integers(0, 3),
+)
+def test_property_a_lost_status_write_loses_no_restart_and_duplicates_no_run(steps, strategy, max_restarts) -> None:
+    """The same script twice: once with every status write kept, once with the status writes of
+    some reconciles lost (their children's writes land; the next reconcile is the retry). Once
+    both have settled they agree on every run, every restart and every child: a lost write is
+    retried, never a restart lost or a run started twice. No back-off, and a restart window
+    longer than the script: a retry counts a restart at its own time (as OTP counts an exit when
+    it handles it), which must not move a restart out of the window or a restart's start.
+
+    Not "vanish": a TrainingJob deleted by someone else after the pipeline saw it, while the
+    write that recorded the sighting (Pending -> Running) was lost, looks to the retry like one
+    its watch has not delivered yet: it is applied again, not counted as a failure. Nor a spec
+    change: a failure read after a change of spec.training (by a retry, or by any reconcile that
+    comes late) is judged under the new generation, so a pipeline that a timely read would have
+    escalated and then resumed on the change escalates, and waits for the next one."""
+    spec = {"supervision": {"strategy": strategy, "maxRestarts": max_restarts, "periodSeconds": 604800,
+                            "backoff": {"initialSeconds": 0}}}
+    kept, lossy = World(**spec), World(**spec)
+    t = T0
+    for w in (kept, lossy):
+        w.reconcile(t)
+    for (kind, value), lose in steps:
+        t = play_newest(kept, kind, value, t, **spec) + 1
+        play_newest(lossy, kind, value, t - 1, **spec)
+        kept.reconcile(t)
+        lossy.reconcile(t, lose_status=lose)
+        for w in (kept, lossy):
+            if w.server() is not None:
+                w.server_ready()
+    for w in (kept, lossy):
+        w.reconcile(t + 1)
+        w.reconcile(t + 1)
+    assert settled(lossy) == settled(kept)
+    # And settled means settled: one more reconcile changes nothing.
+    before = lossy.body["status"]
+    plan = plan_pipeline(lossy.pipeline, [c.observe() for c in lossy.children.values()], t + 1, CONFIG)
+    assert plan.status.to_wire() == before
+    assert [a for a in plan.actions if isinstance(a, (RecordEvent, DeleteResource))] == []
