@@ -183,28 +183,28 @@ def profile_writes(kind: str, namespace: str, seconds: float, out: Path) -> str:
         write = lambda name, k: custom.patch_namespaced_custom_object_status(  # noqa: E731
             "mlvisor.dev", "v1alpha1", namespace, "trainingjobs", name,
             {"status": {"workersSummary": f"{k % 2}/2"}}, _content_type=merge)
-    done = [0]
-
-    def loop(thread: int) -> None:
-        k = 1
+    def loop(thread: int) -> int:
+        """This thread's share of the objects, written over and over until the profile ends."""
+        k, done = 1, 0
         while profiler.poll() is None:
             for name in names[thread::bench.THREADS]:
                 write(name, k)
-                done[0] += 1
+                done += 1
             k += 1
+        return done
 
     api0 = cpu_seconds("kube-apiserver")
     with out.open("wb") as f:
         profiler = subprocess.Popen(["kubectl", "get", "--raw", f"/debug/pprof/profile?seconds={seconds:.0f}"],
                                     stdout=f, stderr=subprocess.PIPE)
         with ThreadPoolExecutor(bench.THREADS) as pool:
-            list(pool.map(loop, range(bench.THREADS)))
+            done = sum(pool.map(loop, range(bench.THREADS)))
     _, err = profiler.communicate()
     if profiler.returncode != 0:
         raise SystemExit(f"no profile ({err.decode().strip()}): start the plane with --apiserver-arg=--profiling=true")
     api = cpu_seconds("kube-apiserver") - api0
-    return (f"{done[0]} one-field status writes profiled into {out}: kube-apiserver {api:.2f} s CPU "
-            f"({1000 * api / done[0]:.2f} ms each, the profile's requests in flight at its end included)")
+    return (f"{done} one-field status writes profiled into {out}: kube-apiserver {api:.2f} s CPU "
+            f"({1000 * api / done:.2f} ms each, the profile's requests in flight at its end included)")
 
 
 def schemaless(document: dict[str, Any], part: str) -> None:
