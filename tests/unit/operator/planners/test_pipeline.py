@@ -716,15 +716,12 @@ own_outcome = st.one_of(
 )
 
 
-def play_newest(w: World, kind: str, value, t: float, **spec) -> float:
+def play_newest(w: World, kind: str, value, t: float) -> float:
     """``play`` for fail, succeed and wait, on the newest TrainingJob that exists (not the
     status's idea of the current run: a world whose status writes are lost has the same
     children, not the same status)."""
     if kind == "wait":
         return t + value
-    if kind == "retrain":
-        w.set_spec(training={"randomState": value}, **spec)
-        return t
     jobs = [c for (k, _), c in w.children.items() if k == "TrainingJob" and not c.deleting]
     newest = max(jobs, key=lambda c: int(c.manifest["metadata"]["labels"][LABEL_RUN]), default=None)
     if newest is None or (newest.status is not None and newest.status.phase != api.TrainingPhase.RUNNING):
@@ -771,8 +768,8 @@ def test_property_a_lost_status_write_loses_no_restart_and_duplicates_no_run(ste
     for w in (kept, lossy):
         w.reconcile(t)
     for (kind, value), lose in steps:
-        t = play_newest(kept, kind, value, t, **spec) + 1
-        play_newest(lossy, kind, value, t - 1, **spec)
+        play_newest(lossy, kind, value, t)
+        t = play_newest(kept, kind, value, t) + 1
         kept.reconcile(t)
         lossy.reconcile(t, lose_status=lose)
         for w in (kept, lossy):
