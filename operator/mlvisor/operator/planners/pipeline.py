@@ -391,13 +391,13 @@ class _PipelineReconcile(ConditionWriter):
                 run = api.PipelineRun(
                     name=tj.name, number=tj.run, phase=RPhase.RUNNING, start_time=from_timestamp(self.now)
                 )
+                current = self._current_run()
                 st.runs.append(run)
                 st.last_run = tj.run
                 st.training_spec_hash = tj.spec_hash or st.training_spec_hash
                 if st.phase == Phase.FAILED:
                     self._stop_run(run, "PipelineFailed", "stopped: the pipeline failed")
                     continue
-                current = next((r for r in reversed(st.runs[:-1]) if r.phase in _IN_PROGRESS), None)
                 if current is not None:
                     self._stop_run(current, "Superseded", f"run {tj.run} ({tj.name}) was found running")
                 self._drop_pending(Child.TRAINING)
