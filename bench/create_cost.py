@@ -25,6 +25,7 @@ CEL), and schemaless altogether. bench/README.md, "Where a status write goes".
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import subprocess
@@ -79,6 +80,30 @@ def without_cel(document: dict[str, Any]) -> int:
     return dropped
 
 
+def replace_crd(document: dict[str, Any]) -> None:
+    """Put this form of the TrainingJob CRD in place and give the API server time to rebuild
+    the CRD's handler."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(document, f)
+        f.flush()
+        subprocess.run(["kubectl", "replace", "-f", f.name], check=True, capture_output=True)
+    time.sleep(3)
+
+
+@functools.cache
+def custom_objects() -> client.CustomObjectsApi:
+    """One client for every request (a new one is a new connection pool: a TLS handshake the
+    API server would pay in the figures)."""
+    return client.CustomObjectsApi()
+
+
+def status_patch(namespace: str, name: str, body: dict[str, Any]) -> Any:
+    """A merge patch of a TrainingJob's status subresource, as the operator writes it."""
+    return custom_objects().patch_namespaced_custom_object_status(
+        "mlvisor.dev", "v1alpha1", namespace, "trainingjobs", name, body,
+        _content_type="application/merge-patch+json")
+
+
 def create(kind: str, n: int, keep: list[str] | None = None) -> str:
     """Create n objects of ``kind`` in a new namespace (kept in ``keep``, if given)."""
     namespace = bench.new_namespace("cost")
@@ -93,7 +118,7 @@ def create(kind: str, n: int, keep: list[str] | None = None) -> str:
         make = lambda ns, body: batch.create_namespaced_job(ns, body)  # type: ignore[arg-type]  # noqa: E731
     else:
         bodies = [bench.training_job(f"t{i}") for i in range(n)]
-        custom = client.CustomObjectsApi()
+        custom = custom_objects()
         make = lambda ns, body: custom.create_namespaced_custom_object(  # noqa: E731
             "mlvisor.dev", "v1alpha1", ns, "trainingjobs", body)
     return timed(f"{kind}s", n, lambda: bench.create_all(namespace, bodies, make))
@@ -142,12 +167,11 @@ def writes(kind: str, namespace: str) -> list[str]:
                 name, namespace, status, _content_type=merge))
         refs = [("batch/v1", "Job", i.metadata.name, i.metadata.uid) for i in items]
     else:
-        custom = client.CustomObjectsApi()
+        custom = custom_objects()
         items = custom.list_namespaced_custom_object("mlvisor.dev", "v1alpha1", namespace, "trainingjobs")["items"]
         for item in items:
             patch = {"status": first_status(item)}
-            calls.append(lambda name=item["metadata"]["name"], patch=patch: custom.patch_namespaced_custom_object_status(
-                "mlvisor.dev", "v1alpha1", namespace, "trainingjobs", name, patch, _content_type=merge))
+            calls.append(lambda name=item["metadata"]["name"], patch=patch: status_patch(namespace, name, patch))
         refs = [("mlvisor.dev/v1alpha1", "TrainingJob", i["metadata"]["name"], i["metadata"]["uid"]) for i in items]
     out = [timed(f"{kind} status writes", len(calls), lambda: in_threads(calls))]
     core = client.CoreV1Api()
@@ -177,12 +201,11 @@ def profile_writes(kind: str, namespace: str, seconds: float, out: Path) -> str:
         write = lambda name, k: batch.patch_namespaced_job_status(  # noqa: E731
             name, namespace, {"status": {"active": 1 + k % 2}}, _content_type=merge)
     else:
-        custom = client.CustomObjectsApi()
-        listed: Any = custom.list_namespaced_custom_object("mlvisor.dev", "v1alpha1", namespace, "trainingjobs")
+        listed: Any = custom_objects().list_namespaced_custom_object(
+            "mlvisor.dev", "v1alpha1", namespace, "trainingjobs")
         names = [str(i["metadata"]["name"]) for i in listed["items"]]
-        write = lambda name, k: custom.patch_namespaced_custom_object_status(  # noqa: E731
-            "mlvisor.dev", "v1alpha1", namespace, "trainingjobs", name,
-            {"status": {"workersSummary": f"{k % 2}/2"}}, _content_type=merge)
+        write = lambda name, k: status_patch(namespace, name, {"status": {"workersSummary": f"{k % 2}/2"}})  # noqa: E731
+
     def loop(thread: int) -> int:
         """This thread's share of the objects, written over and over until the profile ends."""
         k, done = 1, 0
@@ -233,21 +256,15 @@ def under_schema(form: str, n: int) -> str:
     and two one-field status writes each; the namespace is deleted, and waited for, after."""
     document = yaml.safe_load(CRD.read_text())
     SCHEMAS[form](document)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-        yaml.safe_dump(document, f)
-        f.flush()
-        subprocess.run(["kubectl", "replace", "-f", f.name], check=True, capture_output=True)
-    time.sleep(3)  # the API server rebuilds the CRD's handler
-    custom = client.CustomObjectsApi()
+    replace_crd(document)
     made: list[str] = []
     created = create("TrainingJob", n, made)
     namespace = made[0]
-    listed: Any = custom.list_namespaced_custom_object("mlvisor.dev", "v1alpha1", namespace, "trainingjobs")
+    listed: Any = custom_objects().list_namespaced_custom_object(
+        "mlvisor.dev", "v1alpha1", namespace, "trainingjobs")
 
     def patch(name: str, body: dict[str, Any]) -> Callable[[], Any]:
-        return lambda: custom.patch_namespaced_custom_object_status(
-            "mlvisor.dev", "v1alpha1", namespace, "trainingjobs", name, body,
-            _content_type="application/merge-patch+json")
+        return lambda: status_patch(namespace, name, body)
 
     first = [patch(i["metadata"]["name"], {"status": first_status(i)}) for i in listed["items"]]
     one = [patch(i["metadata"]["name"], {"status": {"workersSummary": f"{k}/2"}})
@@ -297,15 +314,11 @@ def main() -> int:
             print(f"{kind}:", profile_writes(kind, namespace, args.seconds, args.pprof / f"{kind}-status.pprof"), flush=True)
     document = yaml.safe_load(CRD.read_text())
     rules = without_cel(document)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-        yaml.safe_dump(document, f)
-        f.flush()
-        subprocess.run(["kubectl", "replace", "-f", f.name], check=True, capture_output=True)
-        try:
-            time.sleep(3)  # the API server rebuilds the CRD's handler
-            print(f"TrainingJob (without its {rules} CEL rules):", create("TrainingJob", n), flush=True)
-        finally:
-            subprocess.run(["kubectl", "apply", "-f", str(CRD)], check=True, capture_output=True)
+    try:
+        replace_crd(document)
+        print(f"TrainingJob (without its {rules} CEL rules):", create("TrainingJob", n), flush=True)
+    finally:
+        subprocess.run(["kubectl", "apply", "-f", str(CRD)], check=True, capture_output=True)
     print("TrainingJob (CRD as shipped, again):", create("TrainingJob", n), flush=True)
     return 0
 
